@@ -1,0 +1,439 @@
+//! OutputCapture: a run's bounded ring of entries plus its status history, and the
+//! `Subscription` cursors that read them at their own pace.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::logfile::LogLocator;
+use crate::{Entry, RunStatus};
+
+/// Most entries one `Subscription::next` call hands out, so one call never holds the lock
+/// (or a log read) for long.
+const MAX_BATCH: usize = 1024;
+
+/// Where a subscription starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum From {
+    /// From seq 0: everything still retained (with a log directory, everything).
+    Start,
+    /// From the entry after this seq (what an SSE `Last-Event-ID` resume needs).
+    AfterSeq(u64),
+    /// The last `n` entries, then live.
+    Tail(u64),
+}
+
+/// What one [`Subscription::next`] call returns.
+#[derive(Clone, Debug)]
+pub enum Next {
+    /// Entries in seq order, with no holes, continuing where the last call stopped.
+    Entries(Vec<Arc<Entry>>),
+    /// Entries `from_seq..=to_seq` were evicted from memory and no log file has them.
+    Gap {
+        /// First lost seq.
+        from_seq: u64,
+        /// Last lost seq (inclusive).
+        to_seq: u64,
+    },
+    /// The run's state changed (or, first, the state it is in when the subscription starts).
+    Status(RunStatus),
+    /// The run is over and every entry was handed out; later calls return `End` again.
+    End(RunStatus),
+    /// Nothing happened within the timeout (time for an SSE keep-alive).
+    Timeout,
+}
+
+/// One item of the blocking [`Iterator`] over a [`Subscription`].
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// One captured entry.
+    Entry(Arc<Entry>),
+    /// Entries `from_seq..=to_seq` were lost (only without a log directory).
+    Gap {
+        /// First lost seq.
+        from_seq: u64,
+        /// Last lost seq (inclusive).
+        to_seq: u64,
+    },
+    /// The run's state changed.
+    Status(RunStatus),
+    /// The run is over; the iterator ends after this.
+    End(RunStatus),
+}
+
+/// Counters about one capture, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Entries captured so far (the next seq).
+    pub entries: u64,
+    /// Message bytes captured so far.
+    pub bytes: u64,
+    /// Entries that subscribers could not get because they were evicted with no log file.
+    pub dropped: u64,
+    /// Entries held in memory now.
+    pub retained_entries: usize,
+    /// Bytes held in memory now.
+    pub retained_bytes: usize,
+}
+
+/// A run's output in memory: the newest entries within an entry cap and a byte cap (the
+/// oldest go first), and every status change. One writer (the run thread) appends in
+/// batches; any number of [`Subscription`]s read.
+#[derive(Debug)]
+pub struct OutputCapture {
+    state: Mutex<CaptureState>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct CaptureState {
+    entries: VecDeque<Arc<Entry>>,
+    retained_bytes: usize,
+    next_seq: u64,
+    max_entries: usize,
+    max_bytes: usize,
+    log: Option<LogLocator>,
+    current: RunStatus,
+    /// Announced status changes with the seq they happened before, in order.
+    transitions: Vec<(u64, RunStatus)>,
+    finished: bool,
+    bytes_captured: u64,
+    dropped: u64,
+}
+
+impl CaptureState {
+    fn first_seq(&self) -> u64 {
+        self.next_seq - self.entries.len() as u64
+    }
+}
+
+impl OutputCapture {
+    /// An empty capture for a run whose first status is `status`.
+    pub(crate) fn new(status: RunStatus, max_entries: usize, max_bytes: usize) -> OutputCapture {
+        OutputCapture {
+            state: Mutex::new(CaptureState {
+                entries: VecDeque::new(),
+                retained_bytes: 0,
+                next_seq: 0,
+                max_entries: max_entries.max(1),
+                max_bytes,
+                log: None,
+                transitions: vec![(0, status.clone())],
+                current: status,
+                finished: false,
+                bytes_captured: 0,
+                dropped: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// A finished run's capture whose entries all live in its log file (a run loaded
+    /// again after a restart): nothing of it is held in memory.
+    pub(crate) fn from_log(status: RunStatus, log: LogLocator, entries: u64) -> OutputCapture {
+        let capture = OutputCapture::new(status, 1, 0);
+        {
+            let mut s = capture.lock();
+            s.next_seq = entries;
+            s.log = Some(log);
+            s.finished = true;
+        }
+        capture
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CaptureState> {
+        // A panic while holding the lock leaves consistent data (every update is a few
+        // plain assignments), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where the run's log is, so evicted entries can be read back from it.
+    pub(crate) fn set_log(&self, log: LogLocator) {
+        self.lock().log = Some(log);
+    }
+
+    /// Appends a batch of entries (seqs must continue from the last batch), evicts the
+    /// oldest beyond the caps, and wakes every waiting subscriber once.
+    /// `log_index` is the log writer's current sparse index, when there is a log.
+    pub(crate) fn append(&self, batch: Vec<Entry>, log_index: Option<&[u64]>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        for entry in batch {
+            debug_assert_eq!(entry.seq, s.next_seq);
+            s.next_seq = entry.seq + 1;
+            s.bytes_captured += entry.message.len() as u64;
+            s.retained_bytes += entry.size_in_memory();
+            s.entries.push_back(Arc::new(entry));
+        }
+        while s.entries.len() > s.max_entries
+            || (s.retained_bytes > s.max_bytes && s.entries.len() > 1)
+        {
+            let old = s.entries.pop_front().expect("ring is not empty");
+            s.retained_bytes -= old.size_in_memory();
+        }
+        if let (Some(log), Some(index)) = (s.log.as_mut(), log_index) {
+            if index.len() > log.index.len() {
+                let known = log.index.len();
+                log.index.extend_from_slice(&index[known..]);
+            }
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Changes the current status. With `announce`, subscribers get it as a `Status`
+    /// event placed after the entries captured so far.
+    pub(crate) fn update_status(&self, announce: bool, change: impl FnOnce(&mut RunStatus)) {
+        let mut s = self.lock();
+        change(&mut s.current);
+        if announce {
+            let at = s.next_seq;
+            let snapshot = s.current.clone();
+            s.transitions.push((at, snapshot));
+            drop(s);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Records the final status and wakes everyone: no more entries will come.
+    pub(crate) fn finish(&self, change: impl FnOnce(&mut RunStatus)) {
+        let mut s = self.lock();
+        change(&mut s.current);
+        s.current.refresh_duration();
+        let at = s.next_seq;
+        let snapshot = s.current.clone();
+        s.transitions.push((at, snapshot));
+        s.finished = true;
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// The current status (with `duration_seconds` as of now).
+    pub fn status(&self) -> RunStatus {
+        let mut status = self.lock().current.clone();
+        status.refresh_duration();
+        status
+    }
+
+    /// Whether the run is over and no more entries will come.
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> CaptureStats {
+        let s = self.lock();
+        CaptureStats {
+            entries: s.next_seq,
+            bytes: s.bytes_captured,
+            dropped: s.dropped,
+            retained_entries: s.entries.len(),
+            retained_bytes: s.retained_bytes,
+        }
+    }
+
+    /// Blocks until the run is finished or `deadline` passes; returns the final status.
+    pub fn wait_finished(&self, deadline: Option<Instant>) -> Option<RunStatus> {
+        let mut s = self.lock();
+        loop {
+            if s.finished {
+                let mut status = s.current.clone();
+                status.refresh_duration();
+                return Some(status);
+            }
+            s = match deadline {
+                None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    self.changed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Reads up to `max` entries from `from_seq` on, from memory or (for evicted ones) the
+    /// log. Returns the entries and the seq after the last captured entry. When entries
+    /// were evicted and no log has them, the result starts at the oldest retained entry.
+    pub fn read(&self, from_seq: u64, max: usize) -> (Vec<Arc<Entry>>, u64) {
+        let s = self.lock();
+        let next_seq = s.next_seq;
+        let first = s.first_seq();
+        if from_seq < first {
+            if let Some(log) = s.log.clone() {
+                drop(s);
+                let got = log.read(from_seq, first, max).unwrap_or_default();
+                let mut out: Vec<Arc<Entry>> = got.into_iter().map(Arc::new).collect();
+                if out.len() < max {
+                    let more = self.read(first, max - out.len()).0;
+                    out.extend(more.into_iter().filter(|e| e.seq >= first));
+                }
+                return (out, next_seq);
+            }
+        }
+        let skip = from_seq.saturating_sub(first) as usize;
+        let out = s.entries.iter().skip(skip).take(max).cloned().collect();
+        (out, next_seq)
+    }
+
+    /// A subscription on `capture` starting at `from`.
+    pub fn subscribe(capture: &Arc<OutputCapture>, from: From) -> Subscription {
+        let s = capture.lock();
+        let cursor = match from {
+            From::Start => 0,
+            From::AfterSeq(seq) => seq.saturating_add(1),
+            From::Tail(n) => s.next_seq.saturating_sub(n),
+        };
+        // Start with the last status at or before the cursor (the state the reader is in
+        // at that point), then every later change in its place among the entries.
+        let next_transition = s
+            .transitions
+            .iter()
+            .rposition(|(at, _)| *at <= cursor)
+            .unwrap_or(0);
+        drop(s);
+        Subscription {
+            capture: Arc::clone(capture),
+            cursor,
+            next_transition,
+            buffered: VecDeque::new(),
+            ended: false,
+        }
+    }
+}
+
+/// A reader's cursor over a run's output. Each subscriber reads at its own pace: a slow one
+/// never slows the child or other subscribers; if it falls behind the ring it gets the
+/// evicted entries from the log file (or a `Gap` without one).
+///
+/// ```no_run
+/// # use runstream::{Engine, EngineConfig, RunSpec, From, Next};
+/// # use std::time::Duration;
+/// # let engine = Engine::new(EngineConfig::default());
+/// let run = engine.submit(RunSpec::new("seq").arg("3")).unwrap();
+/// let mut sub = run.subscribe(From::Start);
+/// loop {
+///     match sub.next(Duration::from_secs(15)) {
+///         Next::Entries(entries) => entries.iter().for_each(|e| println!("{}", e.message)),
+///         Next::End(status) => break println!("{:?}", status.status),
+///         _ => {}
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Subscription {
+    capture: Arc<OutputCapture>,
+    cursor: u64,
+    next_transition: usize,
+    buffered: VecDeque<Event>,
+    ended: bool,
+}
+
+impl Subscription {
+    /// The seq of the next entry this subscription will hand out.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Waits up to `timeout` for something new: entries, a gap, a status change, or the end.
+    pub fn next(&mut self, timeout: Duration) -> Next {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.capture.lock();
+        loop {
+            // Status changes come in their place: after the entries captured before them.
+            let mut entry_limit = u64::MAX;
+            if let Some((at, status)) = s.transitions.get(self.next_transition) {
+                if *at <= self.cursor {
+                    self.next_transition += 1;
+                    return Next::Status(status.clone());
+                }
+                entry_limit = *at;
+            }
+            let first = s.first_seq();
+            if self.cursor < s.next_seq {
+                if self.cursor < first {
+                    let from_seq = self.cursor;
+                    if let Some(log) = s.log.clone() {
+                        drop(s);
+                        let to = first.min(entry_limit);
+                        match log.read(from_seq, to, MAX_BATCH) {
+                            Ok(got) if !got.is_empty() => {
+                                self.cursor += got.len() as u64;
+                                return Next::Entries(got.into_iter().map(Arc::new).collect());
+                            }
+                            Ok(_) | Err(_) => {
+                                log::warn!(
+                                    "could not read back entries {from_seq}..{to} from {}",
+                                    log.path.display()
+                                );
+                                s = self.capture.lock();
+                            }
+                        }
+                    }
+                    // No log, or the log failed us: report what is lost.
+                    let first = s.first_seq();
+                    s.dropped += first - from_seq;
+                    self.cursor = first;
+                    return Next::Gap {
+                        from_seq,
+                        to_seq: first - 1,
+                    };
+                }
+                let skip = (self.cursor - first) as usize;
+                let available = (s.next_seq.min(entry_limit) - self.cursor) as usize;
+                let take = available.min(MAX_BATCH);
+                if take > 0 {
+                    let batch: Vec<Arc<Entry>> =
+                        s.entries.range(skip..skip + take).cloned().collect();
+                    self.cursor += take as u64;
+                    return Next::Entries(batch);
+                }
+            }
+            if s.finished && self.next_transition >= s.transitions.len() {
+                self.ended = true;
+                let mut status = s.current.clone();
+                status.refresh_duration();
+                return Next::End(status);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Next::Timeout;
+            }
+            s = self
+                .capture
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Event;
+
+    /// Blocks until the next event; `None` after [`Event::End`].
+    fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            match Subscription::next(self, Duration::from_secs(3600)) {
+                Next::Entries(entries) => {
+                    self.buffered.extend(entries.into_iter().map(Event::Entry))
+                }
+                Next::Gap { from_seq, to_seq } => return Some(Event::Gap { from_seq, to_seq }),
+                Next::Status(status) => return Some(Event::Status(status)),
+                Next::End(status) => return Some(Event::End(status)),
+                Next::Timeout => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Engine-wide settings; every default is written once, in `impl Default`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings for an [`Engine`](crate::Engine).
+///
+/// ```
+/// use std::time::Duration;
+/// use runstream::EngineConfig;
+/// let config = EngineConfig {
+///     max_concurrent: 2,
+///     log_dir: Some("runstream-data/runs".into()),
+///     ..EngineConfig::default()
+/// };
+/// assert_eq!(config.default_grace, Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How many runs may be live at once; the rest wait `queued`, first in first out.
+    /// Defaults to the number of CPUs.
+    pub max_concurrent: usize,
+    /// Where each run's full output goes, as `{run_id}.jsonl`. With it, a subscriber can
+    /// start from any seq and lose nothing; without it, evicted entries are gone.
+    /// Defaults to `None`.
+    pub log_dir: Option<PathBuf>,
+    /// Most entries kept in memory per run. Defaults to 10 000.
+    pub ring_max_entries: usize,
+    /// Most bytes kept in memory per run. Defaults to 16 MiB.
+    pub ring_max_bytes: usize,
+    /// Longer lines are cut into several `end: none` entries. Defaults to 64 KiB.
+    pub max_line_bytes: usize,
+    /// Time between SIGTERM and SIGKILL when a run does not say otherwise. Defaults to 5 s.
+    pub default_grace: Duration,
+    /// After the child exits, how long to wait for its output pipes to close before
+    /// finishing without them (a process that left the group may hold them). Defaults to
+    /// 500 ms.
+    pub leak_timeout: Duration,
+    /// A partial line (no newline yet) is handed out this long after it was first read.
+    /// Defaults to 100 ms.
+    pub partial_flush: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_concurrent: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            log_dir: None,
+            ring_max_entries: 10_000,
+            ring_max_bytes: 16 * 1024 * 1024,
+            max_line_bytes: 64 * 1024,
+            default_grace: Duration::from_secs(5),
+            leak_timeout: Duration::from_millis(500),
+            partial_flush: Duration::from_millis(100),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = EngineConfig::default();
+        assert!(c.max_concurrent >= 1);
+        assert_eq!(c.log_dir, None);
+        assert_eq!(c.ring_max_entries, 10_000);
+        assert_eq!(c.ring_max_bytes, 16 << 20);
+        assert_eq!(c.max_line_bytes, 64 << 10);
+        assert_eq!(c.default_grace, Duration::from_secs(5));
+        assert_eq!(c.leak_timeout, Duration::from_millis(500));
+        assert_eq!(c.partial_flush, Duration::from_millis(100));
+    }
+}

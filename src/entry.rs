@@ -1,0 +1,287 @@
+//! One captured line of output (an entry) and its JSON encoding, made once per entry.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// Where an entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// The child's standard output.
+    Stdout,
+    /// The child's standard error.
+    Stderr,
+    /// The engine's own words about the run ("sent SIGTERM to process group 1234").
+    System,
+}
+
+impl Stream {
+    /// The name used in JSON: `stdout`, `stderr` or `system`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::System => "system",
+        }
+    }
+}
+
+/// How an entry's line ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEnd {
+    /// Ended by `\n` (a `\r\n` ending counts as this).
+    Lf,
+    /// Ended by a bare `\r`: a progress update that a terminal would draw over.
+    Cr,
+    /// Not ended: a partial line flushed after the child went quiet, a piece of a line
+    /// longer than the maximum line size, or the last bytes before end of file.
+    None,
+}
+
+impl LineEnd {
+    /// The name used in JSON: `lf`, `cr` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineEnd::Lf => "lf",
+            LineEnd::Cr => "cr",
+            LineEnd::None => "none",
+        }
+    }
+
+    /// The bytes a terminal would need to reproduce this ending.
+    pub fn terminator(self) -> &'static str {
+        match self {
+            LineEnd::Lf => "\n",
+            LineEnd::Cr => "\r",
+            LineEnd::None => "",
+        }
+    }
+}
+
+/// The severity of an entry, guessed from its text (see [`Level::classify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    /// `DEBUG`.
+    Debug,
+    /// `INFO`.
+    Info,
+    /// `WARNING`.
+    Warning,
+    /// `ERROR`.
+    Error,
+    /// `CRITICAL`.
+    Critical,
+}
+
+impl Level {
+    /// The name used in JSON: `DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warning => "WARNING",
+            Level::Error => "ERROR",
+            Level::Critical => "CRITICAL",
+        }
+    }
+
+    /// The old backend's rule, kept so its UIs keep working: the first of these that the
+    /// upper-cased text contains wins — ERROR or EXCEPTION → `Error`, WARNING or WARN →
+    /// `Warning`, DEBUG → `Debug`, CRITICAL or FATAL → `Critical`, INFO → `Info`;
+    /// otherwise `Error` on stderr and `Info` on stdout. Progress entries (`end: cr`) with
+    /// no keyword are `Info` even on stderr: tqdm draws its bar there.
+    ///
+    /// ```
+    /// use runstream::{Level, LineEnd, Stream};
+    /// assert_eq!(Level::classify("epoch 1 warn: lr high", Stream::Stdout, LineEnd::Lf), Level::Warning);
+    /// assert_eq!(Level::classify("50%|#####", Stream::Stderr, LineEnd::Cr), Level::Info);
+    /// assert_eq!(Level::classify("Traceback (most recent call last):", Stream::Stderr, LineEnd::Lf), Level::Error);
+    /// ```
+    pub fn classify(message: &str, stream: Stream, end: LineEnd) -> Level {
+        if let Some(level) = keyword_level(message.as_bytes()) {
+            return level;
+        }
+        match (stream, end) {
+            (Stream::Stderr, LineEnd::Cr) => Level::Info,
+            (Stream::Stderr, _) => Level::Error,
+            _ => Level::Info,
+        }
+    }
+}
+
+/// Keywords in order of precedence. One pass over the text finds the best match.
+const KEYWORDS: [(&[u8], Level, u8); 8] = [
+    (b"ERROR", Level::Error, 0),
+    (b"EXCEPTION", Level::Error, 0),
+    (b"WARNING", Level::Warning, 1),
+    (b"WARN", Level::Warning, 1),
+    (b"DEBUG", Level::Debug, 2),
+    (b"CRITICAL", Level::Critical, 3),
+    (b"FATAL", Level::Critical, 3),
+    (b"INFO", Level::Info, 4),
+];
+
+fn keyword_level(text: &[u8]) -> Option<Level> {
+    let mut best: Option<(u8, Level)> = None;
+    for i in 0..text.len() {
+        // Every keyword starts with one of these letters; skip the rest cheaply.
+        if !matches!(text[i] | 0x20, b'e' | b'w' | b'd' | b'c' | b'f' | b'i') {
+            continue;
+        }
+        let rest = &text[i..];
+        for &(word, level, rank) in &KEYWORDS {
+            if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
+                if rank == 0 {
+                    return Some(level);
+                }
+                if best.map_or(true, |(r, _)| rank < r) {
+                    best = Some((rank, level));
+                }
+            }
+        }
+    }
+    best.map(|(_, level)| level)
+}
+
+/// One captured line: what subscribers, the log file and the API all see.
+///
+/// Its JSON form (see [`Entry::json`]) is made once, when the entry is captured, and shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Position in the run's output: 0, 1, 2, … with no holes.
+    pub seq: u64,
+    /// When the engine read the bytes.
+    pub timestamp: Timestamp,
+    /// Where the line came from.
+    pub stream: Stream,
+    /// Severity guessed from the text.
+    pub level: Level,
+    /// The line without its terminator, decoded as UTF-8 (invalid bytes become U+FFFD).
+    pub message: String,
+    /// How the line ended.
+    pub end: LineEnd,
+    json: Box<str>,
+}
+
+impl Entry {
+    /// Makes an entry and its JSON encoding.
+    pub fn new(
+        seq: u64,
+        timestamp: Timestamp,
+        stream: Stream,
+        level: Level,
+        message: String,
+        end: LineEnd,
+    ) -> Entry {
+        let mut json = String::with_capacity(message.len() + 120);
+        let _ = write!(json, "{{\"seq\":{seq},\"timestamp\":\"{timestamp}\",\"stream\":\"{}\",\"level\":\"{}\",\"message\":", stream.as_str(), level.as_str());
+        // serde_json writes a valid JSON string for any &str; it cannot fail into a String.
+        json.push_str(&serde_json::to_string(&message).unwrap_or_default());
+        let _ = write!(json, ",\"end\":\"{}\"}}", end.as_str());
+        Entry {
+            seq,
+            timestamp,
+            stream,
+            level,
+            message,
+            end,
+            json: json.into_boxed_str(),
+        }
+    }
+
+    /// The entry as one line of JSON (no newline):
+    /// `{"seq":41,"timestamp":"…","stream":"stdout","level":"INFO","message":"epoch 1/3","end":"lf"}`.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Reads an entry back from its JSON line (as the run log stores it).
+    pub fn from_json(line: &str) -> Option<Entry> {
+        #[derive(Deserialize)]
+        struct Wire {
+            seq: u64,
+            timestamp: Timestamp,
+            stream: Stream,
+            level: Level,
+            message: String,
+            end: LineEnd,
+        }
+        let w: Wire = serde_json::from_str(line).ok()?;
+        Some(Entry {
+            seq: w.seq,
+            timestamp: w.timestamp,
+            stream: w.stream,
+            level: w.level,
+            message: w.message,
+            end: w.end,
+            json: line.trim_end().into(),
+        })
+    }
+
+    /// Bytes this entry holds in memory, for the ring's byte cap.
+    pub fn size_in_memory(&self) -> usize {
+        std::mem::size_of::<Entry>() + self.message.len() + self.json.len()
+    }
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Re-use the one encoding instead of serialising the fields again.
+        let raw = serde_json::value::RawValue::from_string(self.json.to_string())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_and_round_trip() {
+        let e = Entry::new(
+            41,
+            Timestamp::from_micros(0),
+            Stream::Stderr,
+            Level::Error,
+            "bad \"quote\" \u{fffd}\n".into(),
+            LineEnd::Lf,
+        );
+        assert_eq!(
+            e.json(),
+            r#"{"seq":41,"timestamp":"1970-01-01T00:00:00.000000Z","stream":"stderr","level":"ERROR","message":"bad \"quote\" �\n","end":"lf"}"#
+        );
+        assert_eq!(Entry::from_json(e.json()), Some(e.clone()));
+        assert_eq!(serde_json::to_string(&e).unwrap(), e.json());
+    }
+
+    #[test]
+    fn levels_follow_the_old_backend_rule() {
+        let c = |m: &str, s| Level::classify(m, s, LineEnd::Lf);
+        assert_eq!(c("all good", Stream::Stdout), Level::Info);
+        assert_eq!(c("all good", Stream::Stderr), Level::Error);
+        assert_eq!(c("RuntimeError: boom", Stream::Stdout), Level::Error);
+        assert_eq!(c("ValueException", Stream::Stdout), Level::Error);
+        assert_eq!(c("UserWarning: x", Stream::Stderr), Level::Warning);
+        assert_eq!(c("[debug] x", Stream::Stderr), Level::Debug);
+        assert_eq!(c("fatal: no", Stream::Stdout), Level::Critical);
+        assert_eq!(c("Critical", Stream::Stdout), Level::Critical);
+        assert_eq!(c("INFO step", Stream::Stderr), Level::Info);
+        // Precedence: error beats warning wherever they stand.
+        assert_eq!(c("warn then error", Stream::Stdout), Level::Error);
+        assert_eq!(c("info then debug", Stream::Stdout), Level::Debug);
+        assert_eq!(
+            Level::classify("10%", Stream::Stderr, LineEnd::Cr),
+            Level::Info
+        );
+        assert_eq!(
+            Level::classify("10% error", Stream::Stderr, LineEnd::Cr),
+            Level::Error
+        );
+    }
+}

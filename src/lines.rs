@@ -1,0 +1,268 @@
+//! Bytes from one pipe → lines: `\n` (and `\r\n`) end `lf` lines, a bare `\r` ends a `cr`
+//! progress line, long or unterminated text is cut into `none` pieces.
+
+use crate::LineEnd;
+
+/// A line cut out of a stream of bytes, decoded as UTF-8 (invalid bytes → U+FFFD).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// The text without its terminator.
+    pub message: String,
+    /// How it ended.
+    pub end: LineEnd,
+}
+
+/// Splits one stream's bytes into [`Line`]s, keeping the unfinished tail between calls.
+///
+/// Reads arrive in arbitrary pieces, so a `\r` at the end of a piece is held back until the
+/// next byte says whether it starts a `\r\n`. An empty segment ended by a bare `\r` is not a
+/// line (tqdm writes `\r` before each update). Text longer than `max_line` bytes is cut into
+/// `none` pieces at a character boundary, so memory per stream stays bounded and nothing is
+/// lost.
+///
+/// ```
+/// use runstream::{LineEnd, LineSplitter};
+/// let mut split = LineSplitter::new(1024);
+/// let mut lines = Vec::new();
+/// split.push(b"a\rb\rc\nhalf", &mut lines);
+/// let got: Vec<_> = lines.iter().map(|l| (l.message.as_str(), l.end)).collect();
+/// assert_eq!(got, [("a", LineEnd::Cr), ("b", LineEnd::Cr), ("c", LineEnd::Lf)]);
+/// lines.clear();
+/// split.flush(&mut lines); // the child went quiet: hand out what is pending
+/// assert_eq!(lines[0].message, "half");
+/// assert_eq!(lines[0].end, LineEnd::None);
+/// ```
+#[derive(Debug)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+    pending_cr: bool,
+    max_line: usize,
+}
+
+impl LineSplitter {
+    /// A splitter that cuts lines longer than `max_line` bytes (at least 4).
+    pub fn new(max_line: usize) -> LineSplitter {
+        LineSplitter {
+            pending: Vec::new(),
+            pending_cr: false,
+            max_line: max_line.max(4),
+        }
+    }
+
+    /// Whether bytes are held back waiting for their line's end.
+    pub fn has_pending(&self) -> bool {
+        self.pending_cr || !self.pending.is_empty()
+    }
+
+    /// Splits `data`, appending finished lines to `out`.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Line>) {
+        let mut start = 0;
+        if self.pending_cr {
+            self.pending_cr = false;
+            if data.first() == Some(&b'\n') {
+                self.emit_pending(LineEnd::Lf, out);
+                start = 1;
+            } else {
+                self.emit_pending(LineEnd::Cr, out);
+            }
+        }
+        let mut i = start;
+        while i < data.len() {
+            let b = data[i];
+            if b != b'\n' && b != b'\r' {
+                i += 1;
+                continue;
+            }
+            let segment = &data[start..i];
+            if b == b'\n' {
+                self.emit(segment, LineEnd::Lf, out);
+                i += 1;
+            } else if i + 1 == data.len() {
+                // A `\r` at the very end: the next read decides between `\r\n` and `\r`.
+                self.pending.extend_from_slice(segment);
+                self.pending_cr = true;
+                self.cut_long_pending(out);
+                return;
+            } else if data[i + 1] == b'\n' {
+                self.emit(segment, LineEnd::Lf, out);
+                i += 2;
+            } else {
+                self.emit(segment, LineEnd::Cr, out);
+                i += 1;
+            }
+            start = i;
+        }
+        self.pending.extend_from_slice(&data[start..]);
+        self.cut_long_pending(out);
+    }
+
+    /// Hands out whatever is pending as a line: a held-back `\r` ends a `cr` line,
+    /// anything else becomes a `none` piece. Used when the child goes quiet and at EOF.
+    pub fn flush(&mut self, out: &mut Vec<Line>) {
+        let end = if std::mem::take(&mut self.pending_cr) {
+            LineEnd::Cr
+        } else {
+            LineEnd::None
+        };
+        self.emit_pending(end, out);
+    }
+
+    fn emit_pending(&mut self, end: LineEnd, out: &mut Vec<Line>) {
+        let pending = std::mem::take(&mut self.pending);
+        self.emit(&pending, end, out);
+        // Keep the allocation for the next partial line.
+        self.pending = pending;
+        self.pending.clear();
+    }
+
+    /// Emits `segment` (prefixed by the pending bytes) as one line, or several when long.
+    fn emit(&mut self, segment: &[u8], end: LineEnd, out: &mut Vec<Line>) {
+        if !self.pending.is_empty() {
+            let mut whole = std::mem::take(&mut self.pending);
+            whole.extend_from_slice(segment);
+            self.emit_owned(&whole, end, out);
+            whole.clear();
+            self.pending = whole;
+            return;
+        }
+        self.emit_owned(segment, end, out);
+    }
+
+    fn emit_owned(&self, mut text: &[u8], end: LineEnd, out: &mut Vec<Line>) {
+        if text.is_empty() && end == LineEnd::Cr {
+            return;
+        }
+        if text.is_empty() && end == LineEnd::None {
+            return;
+        }
+        while text.len() > self.max_line {
+            let cut = char_boundary(text, self.max_line);
+            out.push(decode(&text[..cut], LineEnd::None));
+            text = &text[cut..];
+        }
+        out.push(decode(text, end));
+    }
+
+    fn cut_long_pending(&mut self, out: &mut Vec<Line>) {
+        if self.pending.len() <= self.max_line {
+            return;
+        }
+        let mut offset = 0;
+        while self.pending.len() - offset > self.max_line {
+            let cut = offset + char_boundary(&self.pending[offset..], self.max_line);
+            out.push(decode(&self.pending[offset..cut], LineEnd::None));
+            offset = cut;
+        }
+        self.pending.drain(..offset);
+    }
+}
+
+/// The largest cut point ≤ `max` that does not split a UTF-8 character (falls back to
+/// `max` for text that is not UTF-8 there).
+fn char_boundary(text: &[u8], max: usize) -> usize {
+    (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&i| i > 0 && (text[i] & 0xC0) != 0x80)
+        .unwrap_or(max)
+}
+
+fn decode(bytes: &[u8], end: LineEnd) -> Line {
+    Line {
+        message: String::from_utf8_lossy(bytes).into_owned(),
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(pieces: &[&[u8]], max: usize) -> Vec<(String, LineEnd)> {
+        let mut s = LineSplitter::new(max);
+        let mut out = Vec::new();
+        for p in pieces {
+            s.push(p, &mut out);
+        }
+        s.flush(&mut out);
+        out.into_iter().map(|l| (l.message, l.end)).collect()
+    }
+
+    fn lines(v: &[(&str, LineEnd)]) -> Vec<(String, LineEnd)> {
+        v.iter().map(|(m, e)| (m.to_string(), *e)).collect()
+    }
+
+    use LineEnd::{Cr, Lf, None as Cut};
+
+    #[test]
+    fn carriage_returns_and_newlines() {
+        assert_eq!(
+            split_all(&[b"a\rb\rc\n"], 100),
+            lines(&[("a", Cr), ("b", Cr), ("c", Lf)])
+        );
+        assert_eq!(
+            split_all(&[b"x\r\ny\n\n"], 100),
+            lines(&[("x", Lf), ("y", Lf), ("", Lf)])
+        );
+        // tqdm: `\r` before each update; empty cr segments are dropped.
+        assert_eq!(
+            split_all(&[b"\r 10%\r 20%\r100%\n"], 100),
+            lines(&[(" 10%", Cr), (" 20%", Cr), ("100%", Lf)])
+        );
+    }
+
+    #[test]
+    fn a_cr_lf_split_across_reads_is_one_lf() {
+        assert_eq!(
+            split_all(&[b"abc\r", b"\ndef\r", b"g\n"], 100),
+            lines(&[("abc", Lf), ("def", Cr), ("g", Lf)])
+        );
+        // Every split point of the same input gives the same lines.
+        let input = b"ab\r\ncd\re\r\r\nf\n\rg";
+        let whole = split_all(&[input], 100);
+        for cut in 0..input.len() {
+            assert_eq!(
+                split_all(&[&input[..cut], &input[cut..]], 100),
+                whole,
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_char_boundaries_and_lose_nothing() {
+        let text = "é".repeat(10) + "\n"; // 20 bytes of two-byte characters
+        let got = split_all(&[text.as_bytes()], 7);
+        assert!(got.iter().all(|(m, _)| !m.contains('\u{fffd}')), "{got:?}");
+        assert_eq!(
+            got.iter().map(|(m, _)| m.as_str()).collect::<String>(),
+            "é".repeat(10)
+        );
+        assert_eq!(got.last().unwrap().1, Lf);
+        assert!(got[..got.len() - 1].iter().all(|(_, e)| *e == Cut));
+
+        // Unterminated, arriving in small reads: pending never grows past the cap.
+        let mut s = LineSplitter::new(10);
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            s.push(b"xyz", &mut out);
+            assert!(s.pending.len() <= 10);
+        }
+        s.flush(&mut out);
+        assert_eq!(out.iter().map(|l| l.message.len()).sum::<usize>(), 300);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement_characters() {
+        assert_eq!(
+            split_all(&[b"ok\xff\xfe\n"], 100),
+            lines(&[("ok\u{fffd}\u{fffd}", Lf)])
+        );
+    }
+
+    #[test]
+    fn flush_hands_out_partial_and_held_cr() {
+        assert_eq!(split_all(&[b"partial"], 100), lines(&[("partial", Cut)]));
+        assert_eq!(split_all(&[b"bar\r"], 100), lines(&[("bar", Cr)]));
+        assert_eq!(split_all(&[b""], 100), lines(&[]));
+    }
+}

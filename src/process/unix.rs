@@ -1,0 +1,270 @@
+//! Unix process control: `process_group(0)` spawn, `killpg`, `/proc` group scans, and pipe
+//! reads that another thread can interrupt.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+
+use os_pipe::{PipeReader, PipeWriter};
+use shared_child::SharedChild;
+
+use crate::spec::RunSpec;
+
+/// A freshly spawned child: its handle and the parent's read ends of its output pipes.
+pub(crate) struct Spawned {
+    pub child: SharedChild,
+    pub pid: u32,
+    pub stdout: PipeReader,
+    pub stderr: PipeReader,
+}
+
+/// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
+/// pipes. Errors are worded for a person ("working directory … does not exist").
+pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
+    if let Some(dir) = &spec.cwd {
+        // Command reports a bad cwd as ENOENT, the same as a missing program: check first
+        // so the error says which.
+        if !dir.is_dir() {
+            return Err(format!(
+                "working directory {} does not exist or is not a directory",
+                dir.display()
+            ));
+        }
+    }
+    let pipe = || os_pipe::pipe().map_err(|e| format!("could not create a pipe: {e}"));
+    let (stdout, stdout_w) = pipe()?;
+    let (stderr, stderr_w) = pipe()?;
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(stdout_w)
+        .stderr(stderr_w)
+        .process_group(0);
+    if let Some(dir) = &spec.cwd {
+        command.current_dir(dir);
+    }
+    if spec.env.clear {
+        command.env_clear();
+    }
+    for (key, value) in &spec.env.changes {
+        match value {
+            Some(v) => command.env(key, v),
+            None => command.env_remove(key),
+        };
+    }
+    let child = SharedChild::spawn(&mut command).map_err(|e| spawn_error(&spec.program, e))?;
+    // The Command holds our copies of the pipes' write ends: while they live, the readers
+    // never see EOF. Drop it now.
+    drop(command);
+    let pid = child.id();
+    Ok(Spawned {
+        child,
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+fn spawn_error(program: &OsString, e: io::Error) -> String {
+    let name = Path::new(program).display();
+    match e.kind() {
+        io::ErrorKind::NotFound => format!("program not found: {name}"),
+        io::ErrorKind::PermissionDenied => format!("permission denied executing {name}"),
+        _ => format!("could not start {name}: {e}"),
+    }
+}
+
+/// A signal the engine sends to a process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Term,
+    Kill,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "SIGTERM",
+            Signal::Kill => "SIGKILL",
+        }
+    }
+}
+
+/// Sends `signal` to every process in group `pgid`. `Ok(false)` when the group is gone.
+pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
+    let sig = match signal {
+        Signal::Term => libc::SIGTERM,
+        Signal::Kill => libc::SIGKILL,
+    };
+    // SAFETY: killpg has no memory-safety preconditions.
+    if unsafe { libc::killpg(pgid as libc::pid_t, sig) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// One process as `/proc/PID/stat` describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub pid: u32,
+    pub state: u8,
+    pub pgid: u32,
+    /// Clock ticks after boot when the process started (field 22): with the pid, it names
+    /// a process uniquely even after pids wrap around.
+    pub start_time: u64,
+}
+
+/// Reads `/proc/PID/stat`.
+pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn parse_stat(pid: u32, text: &str) -> Option<ProcStat> {
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the
+    // last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        pid,
+        state: *fields.first()?.as_bytes().first()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Live (not zombie) processes in group `pgid`, found by scanning `/proc`.
+///
+/// `kill(-pgid, 0)` cannot answer this: it also counts zombies, and where PID 1 does not
+/// reap orphans a killed grandchild may stay a zombie forever.
+pub(crate) fn live_group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|s| s.pgid == pgid && !matches!(s.state, b'Z' | b'X' | b'x'))
+        .map(|s| s.pid)
+        .collect()
+}
+
+/// The exit code and terminating signal of an exit status.
+pub(crate) fn exit_parts(status: ExitStatus) -> (Option<i32>, Option<i32>) {
+    (status.code(), status.signal())
+}
+
+/// A signal's conventional name, for messages.
+pub(crate) fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "signal",
+    }
+}
+
+/// Lets one thread wake every reader blocked on a pipe: dropping the `ReadStopper` makes
+/// each `StopWatch` readable (EOF), which `read_or_stop` notices.
+pub(crate) struct ReadStopper(#[allow(dead_code)] PipeWriter);
+
+/// The readers' side of a [`ReadStopper`].
+pub(crate) struct StopWatch(PipeReader);
+
+impl StopWatch {
+    pub fn try_clone(&self) -> io::Result<StopWatch> {
+        Ok(StopWatch(self.0.try_clone()?))
+    }
+}
+
+/// A stopper and the watch its readers poll.
+pub(crate) fn read_stopper() -> io::Result<(ReadStopper, StopWatch)> {
+    let (r, w) = os_pipe::pipe()?;
+    Ok((ReadStopper(w), StopWatch(r)))
+}
+
+/// Reads from `pipe` into `buf`, unless `stop` fires first. `Ok(None)`: stopped.
+/// `Ok(Some(0))`: end of file.
+///
+/// A read blocked on a pipe that a stray process (one that left the group with setsid)
+/// keeps open would block forever, and closing the fd from another thread does not wake
+/// it; polling on a second pipe does.
+pub(crate) fn read_or_stop(
+    pipe: &mut PipeReader,
+    stop: &StopWatch,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    let mut fds = [
+        libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: fds is a valid array of two pollfd structs for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if fds[0].revents != 0 {
+            return loop {
+                match pipe.read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other.map(Some),
+                }
+            };
+        }
+        if fds[1].revents != 0 {
+            return Ok(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let text = "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let s = parse_stat(4242, text).unwrap();
+        assert_eq!((s.state, s.pgid, s.start_time), (b'S', 4240, 987654));
+    }
+
+    #[test]
+    fn our_own_process_is_in_proc() {
+        let me = proc_stat(std::process::id()).unwrap();
+        assert!(me.start_time > 0);
+        assert!(live_group_members(me.pgid).contains(&std::process::id()));
+    }
+}

@@ -1,0 +1,674 @@
+//! One run's thread: the state machine. It waits for a slot, spawns the child, then
+//! `select!`s over output chunks, the child's exit, control messages and timers, turning
+//! bytes into entries and moving the run from `queued` to its final state.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, never, select, Receiver, Sender};
+use shared_child::SharedChild;
+
+use crate::admission::Admission;
+use crate::capture::OutputCapture;
+use crate::logfile::LogWriter;
+use crate::process::{self, Signal};
+use crate::{
+    EngineConfig, Entry, Level, Line, LineEnd, LineSplitter, RunSpec, RunState, Stream, Timestamp,
+};
+
+/// Asks a run to stop. Sent on the run's control channel from any thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Graceful stop: SIGTERM to the group, SIGKILL after the grace period.
+    Stop(StopReason),
+    /// SIGKILL to the group now.
+    Kill,
+}
+
+/// Why a run is being stopped; decides its final state and the words in its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    Cancelled,
+    Shutdown,
+    TimedOut,
+}
+
+/// What the reader threads send.
+enum Input {
+    Chunk(Stream, Vec<u8>),
+    Eof(Stream),
+}
+
+/// Chunks in flight between the readers and the run thread. When the run thread falls
+/// behind, readers block, the pipe fills, and the child waits: backpressure reaches only
+/// the child.
+const INPUT_CAPACITY: usize = 64;
+/// Bytes one `read()` may return.
+const READ_BUFFER: usize = 64 * 1024;
+/// How many stderr lines are kept for a failed run's `error_message`.
+const STDERR_TAIL_LINES: usize = 20;
+/// Most characters of `error_message`.
+const ERROR_MESSAGE_CHARS: usize = 500;
+/// How often the process group is checked while waiting for the last members to die.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+
+/// Everything a run thread needs; moved into it.
+pub(crate) struct RunContext {
+    pub run_id: String,
+    pub spec: RunSpec,
+    pub config: Arc<EngineConfig>,
+    pub capture: Arc<OutputCapture>,
+    pub control: Receiver<Control>,
+    pub admission: Arc<Admission>,
+}
+
+/// Starts the run's thread.
+pub(crate) fn start(ctx: RunContext, name: String) -> std::io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().name(name).spawn(move || run(ctx))
+}
+
+fn run(ctx: RunContext) {
+    let ticket = ctx.admission.enqueue();
+    if ticket.admitted.is_empty() {
+        ctx.capture
+            .update_status(false, |s| s.waiting_for = Some("slot".into()));
+    }
+    // A stop that raced the admission wins: a cancelled queued run never spawns.
+    let cancelled_while_queued = select! {
+        recv(ticket.admitted) -> _ => !ctx.control.is_empty(),
+        recv(ctx.control) -> _ => true,
+    };
+    if cancelled_while_queued {
+        // Cancelled (or the engine went away) while queued: never spawn.
+        ctx.admission.withdraw(&ticket);
+        let mut out = Output::new(&ctx, None);
+        out.system(Level::Info, "cancelled while queued; never started".into());
+        out.commit();
+        ctx.capture.finish(|s| {
+            s.status = RunState::Cancelled;
+            s.waiting_for = None;
+            s.completed_at = Some(Timestamp::now());
+        });
+        return;
+    }
+    let log = ctx.config.log_dir.as_ref().and_then(|dir| {
+        let path = dir.join(format!("{}.jsonl", ctx.run_id));
+        match LogWriter::create(path.clone()) {
+            Ok(w) => {
+                ctx.capture.set_log(w.locator());
+                Some(w)
+            }
+            Err(e) => {
+                log::error!("cannot create run log {}: {e}", path.display());
+                None
+            }
+        }
+    });
+    let mut out = Output::new(&ctx, log);
+    ctx.capture.update_status(true, |s| {
+        s.status = RunState::Running;
+        s.waiting_for = None;
+        s.started_at = Some(Timestamp::now());
+    });
+    match process::spawn(&ctx.spec) {
+        Ok(spawned) => Supervisor::new(&ctx, spawned, out).run(),
+        Err(message) => {
+            out.system(Level::Error, format!("failed to start: {message}"));
+            out.commit();
+            ctx.capture.finish(|s| {
+                s.status = RunState::Failed;
+                s.error_message = Some(message);
+                s.completed_at = Some(Timestamp::now());
+            });
+        }
+    }
+    ctx.admission.release();
+}
+
+/// Turns lines into entries and hands them, in batches, to the log file and the capture.
+struct Output {
+    run_id: String,
+    capture: Arc<OutputCapture>,
+    log: Option<LogWriter>,
+    next_seq: u64,
+    batch: Vec<Entry>,
+    stderr_tail: VecDeque<String>,
+    progress: Option<f64>,
+}
+
+impl Output {
+    fn new(ctx: &RunContext, log: Option<LogWriter>) -> Output {
+        Output {
+            run_id: ctx.run_id.clone(),
+            capture: Arc::clone(&ctx.capture),
+            log,
+            next_seq: 0,
+            batch: Vec::new(),
+            stderr_tail: VecDeque::new(),
+            progress: None,
+        }
+    }
+
+    fn push_line(&mut self, stream: Stream, line: Line, timestamp: Timestamp) {
+        let level = Level::classify(&line.message, stream, line.end);
+        if stream == Stream::Stderr && line.end != LineEnd::Cr && !line.message.trim().is_empty() {
+            if self.stderr_tail.len() == STDERR_TAIL_LINES {
+                self.stderr_tail.pop_front();
+            }
+            self.stderr_tail.push_back(line.message.clone());
+        }
+        if let Some(p) = progress_percent(&line.message, line.end) {
+            self.progress = Some(p);
+        }
+        self.push(stream, level, line.message, line.end, timestamp);
+    }
+
+    fn push(&mut self, stream: Stream, level: Level, message: String, end: LineEnd, ts: Timestamp) {
+        self.batch
+            .push(Entry::new(self.next_seq, ts, stream, level, message, end));
+        self.next_seq += 1;
+    }
+
+    /// Adds one of the engine's own entries and sends it on at once.
+    fn system(&mut self, level: Level, message: String) {
+        log::debug!("{}: {message}", self.run_id);
+        self.push(
+            Stream::System,
+            level,
+            message,
+            LineEnd::Lf,
+            Timestamp::now(),
+        );
+        self.commit();
+    }
+
+    /// Writes the batch to the log (first, so whatever the ring evicts is on disk) and
+    /// appends it to the capture.
+    fn commit(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if let Some(log) = self.log.as_mut() {
+            let written = self
+                .batch
+                .iter()
+                .try_for_each(|e| log.append(e))
+                .and_then(|()| log.flush());
+            if let Err(e) = written {
+                log::error!(
+                    "run log {} failed, going on without it: {e}",
+                    log.path().display()
+                );
+                self.log = None;
+            }
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.capture
+            .append(batch, self.log.as_ref().map(LogWriter::index));
+        if let Some(p) = self.progress.take() {
+            self.capture
+                .update_status(false, |s| s.progress_percent = Some(p));
+        }
+    }
+
+    /// The last stderr lines, at most `ERROR_MESSAGE_CHARS` characters, newest kept.
+    fn stderr_summary(&self) -> Option<String> {
+        let text = Vec::from(self.stderr_tail.clone()).join("\n");
+        let chars = text.chars().count();
+        let text: String = text
+            .chars()
+            .skip(chars.saturating_sub(ERROR_MESSAGE_CHARS))
+            .collect();
+        (!text.is_empty()).then_some(text)
+    }
+}
+
+/// The last `N%` (0–100) in a `\r` progress update or in a line that mentions progress.
+fn progress_percent(message: &str, end: LineEnd) -> Option<f64> {
+    let pos = message.rfind('%')?;
+    if end != LineEnd::Cr && !message.to_ascii_lowercase().contains("progress") {
+        return None;
+    }
+    let head = &message[..pos];
+    let start = head
+        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(0, |i| i + 1);
+    let value: f64 = head[start..].parse().ok()?;
+    (0.0..=100.0).contains(&value).then_some(value)
+}
+
+/// Watches one live child: the `select!` loop.
+struct Supervisor<'a> {
+    ctx: &'a RunContext,
+    out: Output,
+    pgid: u32,
+    child: Arc<SharedChild>,
+    grace: Duration,
+    splitters: [LineSplitter; 2],
+    flush_at: [Option<Instant>; 2],
+    input: Receiver<Input>,
+    exited: Receiver<std::io::Result<std::process::ExitStatus>>,
+    control: Receiver<Control>,
+    open_streams: usize,
+    stopper: Option<process::ReadStopper>,
+    stop_reason: Option<StopReason>,
+    timeout_at: Option<Instant>,
+    kill_at: Option<Instant>,
+    killed: bool,
+    exit: Option<(Option<i32>, Option<i32>)>,
+    leak_at: Option<Instant>,
+    group_poll_at: Option<Instant>,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(ctx: &'a RunContext, spawned: process::Spawned, out: Output) -> Supervisor<'a> {
+        let pid = spawned.pid;
+        ctx.capture.update_status(false, |s| s.pid = Some(pid));
+        let child = Arc::new(spawned.child);
+        let (input_tx, input) = bounded(INPUT_CAPACITY);
+        let (stopper, watch) = match process::read_stopper() {
+            Ok((s, w)) => (Some(s), Some(w)),
+            Err(e) => {
+                log::error!("cannot create a stop pipe, readers cannot be interrupted: {e}");
+                (None, None)
+            }
+        };
+        spawn_reader(
+            Stream::Stdout,
+            spawned.stdout,
+            watch.as_ref(),
+            input_tx.clone(),
+        );
+        spawn_reader(Stream::Stderr, spawned.stderr, watch.as_ref(), input_tx);
+        let (exit_tx, exited) = bounded(1);
+        let waiter_child = Arc::clone(&child);
+        let waiter = thread::Builder::new()
+            .name(format!("runstream-wait-{pid}"))
+            .spawn(move || {
+                let _ = exit_tx.send(waiter_child.wait());
+            });
+        if let Err(e) = waiter {
+            log::error!("cannot start the waiter thread for pid {pid}: {e}");
+        }
+        let max_line = ctx.config.max_line_bytes;
+        Supervisor {
+            ctx,
+            out,
+            pgid: pid,
+            child,
+            grace: ctx.spec.grace.unwrap_or(ctx.config.default_grace),
+            splitters: [LineSplitter::new(max_line), LineSplitter::new(max_line)],
+            flush_at: [None, None],
+            input,
+            exited,
+            control: ctx.control.clone(),
+            open_streams: 2,
+            stopper,
+            stop_reason: None,
+            timeout_at: ctx.spec.timeout.map(|t| Instant::now() + t),
+            kill_at: None,
+            killed: false,
+            exit: None,
+            leak_at: None,
+            group_poll_at: None,
+        }
+    }
+
+    fn run(mut self) {
+        while !self.is_done() {
+            let next_timer = [
+                self.timeout_at,
+                self.kill_at,
+                self.flush_at[0],
+                self.flush_at[1],
+                self.leak_at,
+                self.group_poll_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wait = next_timer.map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
+            select! {
+                recv(self.input) -> msg => match msg {
+                    Ok(input) => self.on_input(input),
+                    Err(_) => {
+                        self.open_streams = 0;
+                        self.input = never();
+                    }
+                },
+                recv(self.exited) -> status => {
+                    self.exited = never();
+                    self.on_exit(status.ok().and_then(Result::ok));
+                },
+                recv(self.control) -> msg => match msg {
+                    Ok(Control::Stop(reason)) => self.stop(reason),
+                    Ok(Control::Kill) => self.kill_now("kill requested"),
+                    // The engine is gone: nobody can ask for anything any more, so stop.
+                    Err(_) => {
+                        self.control = never();
+                        self.stop(StopReason::Shutdown);
+                    }
+                },
+                default(wait) => {}
+            }
+            self.on_timers();
+        }
+        self.finish();
+    }
+
+    fn on_input(&mut self, first: Input) {
+        let timestamp = Timestamp::now();
+        let mut lines = Vec::new();
+        let mut next = Some(first);
+        // Take what else is already waiting, so one batch (one lock, one wake-up) covers
+        // many reads when the child is fast.
+        let mut taken = 0;
+        while let Some(input) = next.take() {
+            match input {
+                Input::Chunk(stream, bytes) => {
+                    let i = stream_index(stream);
+                    self.splitters[i].push(&bytes, &mut lines);
+                    for line in lines.drain(..) {
+                        self.out.push_line(stream, line, timestamp);
+                    }
+                    if !self.splitters[i].has_pending() {
+                        self.flush_at[i] = None;
+                    } else if self.flush_at[i].is_none() {
+                        self.flush_at[i] = Some(Instant::now() + self.ctx.config.partial_flush);
+                    }
+                }
+                Input::Eof(stream) => {
+                    let i = stream_index(stream);
+                    self.splitters[i].flush(&mut lines);
+                    for line in lines.drain(..) {
+                        self.out.push_line(stream, line, timestamp);
+                    }
+                    self.flush_at[i] = None;
+                    self.open_streams -= 1;
+                }
+            }
+            taken += 1;
+            if taken < INPUT_CAPACITY {
+                next = self.input.try_recv().ok();
+            }
+        }
+        self.out.commit();
+    }
+
+    fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
+        let (code, signal) = status.map_or((None, None), process::exit_parts);
+        self.exit = Some((code, signal));
+        let message = match (code, signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("killed by signal {s} ({})", process::signal_name(s)),
+            (None, None) => "exited; its status could not be read".to_string(),
+        };
+        let level = if code == Some(0) {
+            Level::Info
+        } else {
+            Level::Warning
+        };
+        self.out.system(level, message);
+        // Like a container or a systemd unit: what is left of the group goes too.
+        if !self.killed {
+            let left = process::live_group_members(self.pgid);
+            if !left.is_empty() {
+                let n = left.len();
+                if self.grace.is_zero() {
+                    self.kill_now(&format!("{n} process(es) of the group outlived the leader"));
+                } else {
+                    self.signal(Signal::Term, &format!(
+                        "{n} process(es) of the group outlived the leader: sent SIGTERM to process group {}",
+                        self.pgid
+                    ));
+                    self.kill_at.get_or_insert(Instant::now() + self.grace);
+                }
+            }
+        }
+        self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+    }
+
+    /// Graceful stop: SIGTERM to the group now, SIGKILL when the grace period ends.
+    /// Cancel, timeout and shutdown all come through here.
+    fn stop(&mut self, reason: StopReason) {
+        if self.stop_reason.is_some() || self.exit.is_some() {
+            return; // already stopping, or already over: stopping is idempotent
+        }
+        self.stop_reason = Some(reason);
+        self.ctx
+            .capture
+            .update_status(true, |s| s.cancelling = true);
+        let why = match reason {
+            StopReason::Cancelled => "cancel requested".to_string(),
+            StopReason::Shutdown => "engine shutting down".to_string(),
+            StopReason::TimedOut => format!(
+                "timed out after {} s",
+                self.ctx.spec.timeout.unwrap_or_default().as_secs_f64()
+            ),
+        };
+        if self.grace.is_zero() {
+            self.kill_now(&format!("{why} (no grace period)"));
+        } else {
+            self.signal(
+                Signal::Term,
+                &format!(
+                    "{why}: sent SIGTERM to process group {} (grace period {} s)",
+                    self.pgid,
+                    self.grace.as_secs_f64()
+                ),
+            );
+            self.kill_at = Some(Instant::now() + self.grace);
+        }
+    }
+
+    fn kill_now(&mut self, why: &str) {
+        if self.stop_reason.is_none() && self.exit.is_none() {
+            self.stop_reason = Some(StopReason::Cancelled);
+            self.ctx
+                .capture
+                .update_status(true, |s| s.cancelling = true);
+        }
+        self.signal(
+            Signal::Kill,
+            &format!("{why}: sent SIGKILL to process group {}", self.pgid),
+        );
+        self.killed = true;
+        self.kill_at = None;
+        if self.exit.is_some() {
+            // Dying members release the pipes shortly: give them a fresh leak window.
+            self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+        }
+    }
+
+    fn signal(&mut self, signal: Signal, message: &str) {
+        match process::signal_group(self.pgid, signal) {
+            Ok(true) => self.out.system(Level::Warning, message.to_string()),
+            Ok(false) => {}
+            Err(e) => self.out.system(
+                Level::Error,
+                format!(
+                    "could not send {} to process group {}: {e}",
+                    signal.name(),
+                    self.pgid
+                ),
+            ),
+        }
+        if signal == Signal::Kill && self.exit.is_none() {
+            // The leader is unreaped, so its pid is still ours: also kill it directly in
+            // case it left its group.
+            let _ = self.child.kill();
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(self.timeout_at) {
+            self.timeout_at = None;
+            self.stop(StopReason::TimedOut);
+        }
+        if due(self.kill_at) {
+            self.kill_at = None;
+            if self.exit.is_none() || !process::live_group_members(self.pgid).is_empty() {
+                self.kill_now("grace period ended");
+            }
+        }
+        for i in 0..2 {
+            if due(self.flush_at[i]) {
+                self.flush_at[i] = None;
+                let mut lines = Vec::new();
+                self.splitters[i].flush(&mut lines);
+                let stream = [Stream::Stdout, Stream::Stderr][i];
+                let ts = Timestamp::now();
+                for line in lines {
+                    self.out.push_line(stream, line, ts);
+                }
+                self.out.commit();
+            }
+        }
+        if due(self.group_poll_at) {
+            self.group_poll_at = None;
+        }
+    }
+
+    /// Over when the leader has exited, its output is drained (or the leak deadline has
+    /// passed), and nothing of its group is left alive (or SIGKILL was sent).
+    fn is_done(&mut self) -> bool {
+        if self.exit.is_none() {
+            return false;
+        }
+        let leak_passed = self.leak_at.is_some_and(|t| t <= Instant::now());
+        if self.open_streams > 0 && !leak_passed {
+            return false;
+        }
+        if self.killed
+            || self.kill_at.is_none()
+            || process::live_group_members(self.pgid).is_empty()
+        {
+            return true;
+        }
+        self.group_poll_at = Some(Instant::now() + GROUP_POLL);
+        false
+    }
+
+    fn finish(mut self) {
+        let mut lines = Vec::new();
+        for i in 0..2 {
+            self.splitters[i].flush(&mut lines);
+            let stream = [Stream::Stdout, Stream::Stderr][i];
+            for line in lines.drain(..) {
+                self.out.push_line(stream, line, Timestamp::now());
+            }
+        }
+        if self.open_streams > 0 {
+            self.out.system(
+                Level::Warning,
+                "the output pipe was still held open after the process exited (by a process \
+                 that left its process group, e.g. with setsid); finished without it"
+                    .into(),
+            );
+        }
+        self.out.commit();
+        // Wake readers still blocked on a pipe a stray process holds, so they exit.
+        drop(self.stopper.take());
+        let (exit_code, signal) = self.exit.unwrap_or((None, None));
+        let state = match self.stop_reason {
+            Some(StopReason::TimedOut) => RunState::TimedOut,
+            Some(StopReason::Cancelled | StopReason::Shutdown) => RunState::Cancelled,
+            None if exit_code == Some(0) => RunState::Completed,
+            None => RunState::Failed,
+        };
+        let error_message = match state {
+            RunState::Failed => {
+                Some(
+                    self.out
+                        .stderr_summary()
+                        .unwrap_or_else(|| match (exit_code, signal) {
+                            (Some(c), _) => format!("exited with code {c}"),
+                            (_, Some(s)) => {
+                                format!("killed by signal {s} ({})", process::signal_name(s))
+                            }
+                            _ => "failed".into(),
+                        }),
+                )
+            }
+            RunState::TimedOut => Some(format!(
+                "timed out after {} s",
+                self.ctx.spec.timeout.unwrap_or_default().as_secs_f64()
+            )),
+            _ => None,
+        };
+        self.ctx.capture.finish(|s| {
+            s.status = state;
+            s.cancelling = false;
+            s.exit_code = exit_code;
+            s.signal = signal;
+            s.error_message = error_message;
+            s.completed_at = Some(Timestamp::now());
+        });
+    }
+}
+
+fn stream_index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stderr => 1,
+        _ => 0,
+    }
+}
+
+fn spawn_reader(
+    stream: Stream,
+    mut pipe: os_pipe::PipeReader,
+    watch: Option<&process::StopWatch>,
+    tx: Sender<Input>,
+) {
+    let watch = watch.and_then(|w| w.try_clone().ok());
+    let body = move || {
+        let mut buf = vec![0u8; READ_BUFFER];
+        loop {
+            let read = match &watch {
+                Some(w) => process::read_or_stop(&mut pipe, w, &mut buf),
+                None => std::io::Read::read(&mut pipe, &mut buf).map(Some),
+            };
+            match read {
+                Ok(Some(n)) if n > 0 => {
+                    if tx.send(Input::Chunk(stream, buf[..n].to_vec())).is_err() {
+                        return; // the run is over
+                    }
+                }
+                Ok(None) => return, // stopped: the run finished without this pipe
+                Ok(Some(_)) | Err(_) => {
+                    let _ = tx.send(Input::Eof(stream));
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = thread::Builder::new()
+        .name(format!("runstream-{}", stream.as_str()))
+        .spawn(body)
+    {
+        log::error!("cannot start a reader thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_read_from_cr_updates_and_progress_lines() {
+        assert_eq!(
+            progress_percent(" 45%|####  | 45/100", LineEnd::Cr),
+            Some(45.0)
+        );
+        assert_eq!(progress_percent("Progress: 12.5%", LineEnd::Lf), Some(12.5));
+        assert_eq!(progress_percent("accuracy 95%", LineEnd::Lf), None);
+        assert_eq!(progress_percent("150%", LineEnd::Cr), None);
+        assert_eq!(progress_percent("no percent", LineEnd::Cr), None);
+    }
+}

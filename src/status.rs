@@ -1,0 +1,108 @@
+//! A run's state machine states and the snapshot of everything known about a run.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// Where a run is in its life: `queued → running → completed | failed | cancelled | timed_out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Waiting for a free slot (see `EngineConfig::max_concurrent`).
+    Queued,
+    /// The child was spawned and has not finished.
+    Running,
+    /// The child exited with code 0.
+    Completed,
+    /// The child exited non-zero or by a signal it was not sent by us, or could not start.
+    Failed,
+    /// Stopped by `cancel()` (or by engine shutdown).
+    Cancelled,
+    /// Stopped because it ran past its timeout.
+    TimedOut,
+}
+
+impl RunState {
+    /// Whether the run is over (no more output will come).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunState::Queued | RunState::Running)
+    }
+
+    /// The name used in JSON: `queued`, `running`, `completed`, `failed`, `cancelled`,
+    /// `timed_out`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::TimedOut => "timed_out",
+        }
+    }
+
+    /// Parses the JSON name back.
+    pub fn parse(name: &str) -> Option<RunState> {
+        [
+            RunState::Queued,
+            RunState::Running,
+            RunState::Completed,
+            RunState::Failed,
+            RunState::Cancelled,
+            RunState::TimedOut,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
+/// A snapshot of a run: its state, times, process and outcome.
+///
+/// Taken with [`RunHandle::status`](crate::RunHandle::status); subscribers also receive one
+/// on every change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    /// The run id, `run_{YYYYMMDD_HHMMSS}_{module_id}_{8 hex}`.
+    pub run_id: String,
+    /// The module this run came from (`cmd` for a raw command).
+    pub module_id: String,
+    /// Current state.
+    pub status: RunState,
+    /// True while a stop was asked for and the process group has not finished yet.
+    pub cancelling: bool,
+    /// When the run was submitted.
+    pub created_at: Timestamp,
+    /// When the child was spawned (or the spawn attempted).
+    pub started_at: Option<Timestamp>,
+    /// When the run finished.
+    pub completed_at: Option<Timestamp>,
+    /// Seconds from start (or creation, if it never started) to completion or now.
+    pub duration_seconds: Option<f64>,
+    /// The child's pid, which is also its process group id.
+    pub pid: Option<u32>,
+    /// The child's exit code, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the child, when one did.
+    pub signal: Option<i32>,
+    /// Why the run failed or stopped: the spawn error, or the last lines of stderr
+    /// (at most 500 characters).
+    pub error_message: Option<String>,
+    /// Why a queued run is still waiting (`"slot"` for a free concurrency slot).
+    pub waiting_for: Option<String>,
+    /// The last progress percentage the run printed (`45%` in a `\r` update or in a line
+    /// that mentions progress), if any.
+    pub progress_percent: Option<f64>,
+    /// Labels from the `RunSpec`.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl RunStatus {
+    /// Seconds the run took (or has taken so far).
+    pub(crate) fn refresh_duration(&mut self) {
+        let from = self.started_at.unwrap_or(self.created_at);
+        let to = self.completed_at.unwrap_or_else(Timestamp::now);
+        self.duration_seconds = Some(to.seconds_since(from).max(0.0));
+    }
+}
