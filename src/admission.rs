@@ -60,9 +60,9 @@ impl Admission {
 
     /// Leaves the queue (a queued run was cancelled). If the slot was handed out in the
     /// meantime, gives it back.
-    pub fn withdraw(&self, ticket: &Ticket) {
+    pub fn withdraw(&self, ticket_id: u64) {
         let mut s = self.lock();
-        if let Some(pos) = s.waiting.iter().position(|(id, _)| *id == ticket.id) {
+        if let Some(pos) = s.waiting.iter().position(|(id, _)| *id == ticket_id) {
             s.waiting.remove(pos);
         } else {
             drop(s);
@@ -103,12 +103,12 @@ mod tests {
         let t2 = a.enqueue();
         assert!(t0.admitted.try_recv().is_ok());
         assert!(t1.admitted.try_recv().is_err());
-        a.withdraw(&t1);
+        a.withdraw(t1.id);
         a.release();
         assert!(t2.admitted.try_recv().is_ok());
         assert_eq!(a.counts(), (1, 0));
         // Withdrawing an admitted ticket gives its slot back.
-        a.withdraw(&t2);
+        a.withdraw(t2.id);
         assert_eq!(a.counts(), (0, 0));
     }
 }

@@ -32,12 +32,12 @@ pub struct EngineConfig {
     pub max_line_bytes: usize,
     /// Time between SIGTERM and SIGKILL when a run does not say otherwise. Defaults to 5 s.
     pub default_grace: Duration,
-    /// After the child exits, how long to wait for its output pipes to close before
-    /// finishing without them (a process that left the group may hold them). Defaults to
-    /// 500 ms.
+    /// After the child exits, how long its output pipes may stay open with nothing coming
+    /// before the run finishes without them (a process that left the group, e.g. with
+    /// `setsid`, may hold them). Output that still flows is drained. Defaults to 500 ms.
     pub leak_timeout: Duration,
-    /// A partial line (no newline yet) is handed out this long after it was first read.
-    /// Defaults to 100 ms.
+    /// A partial line (no newline yet) is handed out as an `end: none` entry once its
+    /// stream has been quiet this long. Defaults to 100 ms.
     pub partial_flush: Duration,
 }
 

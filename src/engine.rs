@@ -108,6 +108,7 @@ impl Engine {
         }
         spec.validate().map_err(SubmitError::InvalidSpec)?;
         let created_at = Timestamp::now();
+        let ticket = self.admission.enqueue();
         let mut registry = self.registry();
         let run_id = loop {
             let id = new_run_id(created_at, &spec.module_id);
@@ -128,7 +129,7 @@ impl Engine {
             exit_code: None,
             signal: None,
             error_message: None,
-            waiting_for: None,
+            waiting_for: ticket.admitted.is_empty().then(|| "slot".to_string()),
             progress_percent: None,
             labels: spec.labels.clone(),
         };
@@ -152,8 +153,13 @@ impl Engine {
             capture,
             control: control_rx,
             admission: Arc::clone(&self.admission),
+            ticket,
         };
-        run::start(ctx, format!("runstream-run-{run_id}")).map_err(SubmitError::Thread)?;
+        let ticket_id = ctx.ticket.id;
+        if let Err(e) = run::start(ctx, format!("runstream-run-{run_id}")) {
+            self.admission.withdraw(ticket_id);
+            return Err(SubmitError::Thread(e));
+        }
         registry.by_id.insert(run_id, handle.clone());
         registry.order.push(handle.clone());
         Ok(handle)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 use shared_child::SharedChild;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Ticket};
 use crate::capture::OutputCapture;
 use crate::logfile::LogWriter;
 use crate::process::{self, Signal};
@@ -62,6 +62,8 @@ pub(crate) struct RunContext {
     pub capture: Arc<OutputCapture>,
     pub control: Receiver<Control>,
     pub admission: Arc<Admission>,
+    /// The run's place in the admission queue, taken at submit.
+    pub ticket: Ticket,
 }
 
 /// Starts the run's thread.
@@ -70,11 +72,7 @@ pub(crate) fn start(ctx: RunContext, name: String) -> std::io::Result<thread::Jo
 }
 
 fn run(ctx: RunContext) {
-    let ticket = ctx.admission.enqueue();
-    if ticket.admitted.is_empty() {
-        ctx.capture
-            .update_status(false, |s| s.waiting_for = Some("slot".into()));
-    }
+    let ticket = &ctx.ticket;
     // A stop that raced the admission wins: a cancelled queued run never spawns.
     let cancelled_while_queued = select! {
         recv(ticket.admitted) -> _ => !ctx.control.is_empty(),
@@ -82,7 +80,7 @@ fn run(ctx: RunContext) {
     };
     if cancelled_while_queued {
         // Cancelled (or the engine went away) while queued: never spawn.
-        ctx.admission.withdraw(&ticket);
+        ctx.admission.withdraw(ticket.id);
         let mut out = Output::new(&ctx, None);
         out.system(Level::Info, "cancelled while queued; never started".into());
         out.commit();
@@ -107,18 +105,23 @@ fn run(ctx: RunContext) {
         }
     });
     let mut out = Output::new(&ctx, log);
-    ctx.capture.update_status(true, |s| {
-        s.status = RunState::Running;
-        s.waiting_for = None;
-        s.started_at = Some(Timestamp::now());
-    });
+    let started_at = Some(Timestamp::now());
     match process::spawn(&ctx.spec) {
-        Ok(spawned) => Supervisor::new(&ctx, spawned, out).run(),
+        Ok(spawned) => {
+            ctx.capture.update_status(true, |s| {
+                s.status = RunState::Running;
+                s.waiting_for = None;
+                s.started_at = started_at;
+                s.pid = Some(spawned.pid);
+            });
+            Supervisor::new(&ctx, spawned, out).run();
+        }
         Err(message) => {
             out.system(Level::Error, format!("failed to start: {message}"));
-            out.commit();
             ctx.capture.finish(|s| {
                 s.status = RunState::Failed;
+                s.waiting_for = None;
+                s.started_at = started_at;
                 s.error_message = Some(message);
                 s.completed_at = Some(Timestamp::now());
             });
@@ -228,7 +231,9 @@ impl Output {
 /// The last `N%` (0–100) in a `\r` progress update or in a line that mentions progress.
 fn progress_percent(message: &str, end: LineEnd) -> Option<f64> {
     let pos = message.rfind('%')?;
-    if end != LineEnd::Cr && !message.to_ascii_lowercase().contains("progress") {
+    // tqdm's bar reads `45%|####`; its last frame is ended by `\n`, not `\r`.
+    let bar = message[pos + 1..].starts_with('|');
+    if end != LineEnd::Cr && !bar && !message.to_ascii_lowercase().contains("progress") {
         return None;
     }
     let head = &message[..pos];
@@ -265,7 +270,6 @@ struct Supervisor<'a> {
 impl<'a> Supervisor<'a> {
     fn new(ctx: &'a RunContext, spawned: process::Spawned, out: Output) -> Supervisor<'a> {
         let pid = spawned.pid;
-        ctx.capture.update_status(false, |s| s.pid = Some(pid));
         let child = Arc::new(spawned.child);
         let (input_tx, input) = bounded(INPUT_CAPACITY);
         let (stopper, watch) = match process::read_stopper() {
@@ -362,6 +366,11 @@ impl<'a> Supervisor<'a> {
 
     fn on_input(&mut self, first: Input) {
         let timestamp = Timestamp::now();
+        if self.exit.is_some() {
+            // Output still flowing after the exit is drained, not cut off: the leak
+            // deadline counts from the last byte.
+            self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+        }
         let mut lines = Vec::new();
         let mut next = Some(first);
         // Take what else is already waiting, so one batch (one lock, one wake-up) covers
@@ -375,11 +384,10 @@ impl<'a> Supervisor<'a> {
                     for line in lines.drain(..) {
                         self.out.push_line(stream, line, timestamp);
                     }
-                    if !self.splitters[i].has_pending() {
-                        self.flush_at[i] = None;
-                    } else if self.flush_at[i].is_none() {
-                        self.flush_at[i] = Some(Instant::now() + self.ctx.config.partial_flush);
-                    }
+                    // A partial line goes out once this stream has been quiet for a while.
+                    self.flush_at[i] = self.splitters[i]
+                        .has_pending()
+                        .then(|| Instant::now() + self.ctx.config.partial_flush);
                 }
                 Input::Eof(stream) => {
                     let i = stream_index(stream);
@@ -518,7 +526,8 @@ impl<'a> Supervisor<'a> {
             }
         }
         for i in 0..2 {
-            if due(self.flush_at[i]) {
+            // Input already waiting may finish the line: read it before cutting anything.
+            if due(self.flush_at[i]) && self.input.is_empty() {
                 self.flush_at[i] = None;
                 let mut lines = Vec::new();
                 self.splitters[i].flush(&mut lines);
@@ -535,13 +544,15 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Over when the leader has exited, its output is drained (or the leak deadline has
-    /// passed), and nothing of its group is left alive (or SIGKILL was sent).
+    /// Over when the leader has exited, its output is drained (or the pipes stayed open
+    /// but silent for the leak timeout), and nothing of its group is left alive (or
+    /// SIGKILL was sent).
     fn is_done(&mut self) -> bool {
         if self.exit.is_none() {
             return false;
         }
-        let leak_passed = self.leak_at.is_some_and(|t| t <= Instant::now());
+        let leak_passed =
+            self.leak_at.is_some_and(|t| t <= Instant::now()) && self.input.is_empty();
         if self.open_streams > 0 && !leak_passed {
             return false;
         }

@@ -1,0 +1,113 @@
+//! Helpers shared by the integration tests.
+
+use std::fs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runstream::{
+    Engine, EngineConfig, Entry, Event, From, Next, RunHandle, RunSpec, RunState, RunStatus, Stream,
+};
+
+/// Generous bound for anything that should happen "soon": a failing test fails instead of
+/// hanging, and a slow machine does not make a passing test fail.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn engine() -> Engine {
+    Engine::new(EngineConfig::default())
+}
+
+pub fn sh(script: &str) -> RunSpec {
+    RunSpec::new("sh").args(["-c", script])
+}
+
+/// Follows a run to its end; returns every entry and the final status.
+pub fn collect(run: &RunHandle) -> (Vec<Arc<Entry>>, RunStatus) {
+    let mut entries = Vec::new();
+    let mut sub = run.subscribe(From::Start);
+    let deadline = Instant::now() + PATIENCE * 4;
+    loop {
+        assert!(Instant::now() < deadline, "run {} did not end", run.id());
+        match sub.next(Duration::from_secs(1)) {
+            Next::Entries(batch) => entries.extend(batch),
+            Next::End(status) => return (entries, status),
+            Next::Gap { from_seq, to_seq } => panic!("unexpected gap {from_seq}..={to_seq}"),
+            Next::Status(_) | Next::Timeout => {}
+        }
+    }
+}
+
+/// Entries of one stream, as (message, end) pairs.
+pub fn texts(entries: &[Arc<Entry>], stream: Stream) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| e.message.clone())
+        .collect()
+}
+
+/// Waits until an entry matching `pred` is captured; returns it.
+pub fn wait_for_entry(run: &RunHandle, pred: impl Fn(&Entry) -> bool) -> Arc<Entry> {
+    let deadline = Instant::now() + PATIENCE;
+    for event in run.subscribe(From::Start) {
+        assert!(Instant::now() < deadline, "no matching entry in time");
+        match event {
+            Event::Entry(e) if pred(&e) => return e,
+            Event::End(s) => panic!("run ended ({:?}) before the expected entry", s.status),
+            _ => {}
+        }
+    }
+    unreachable!("the iterator ends after End")
+}
+
+/// Waits until the run is running; returns its pid (= its process group id).
+pub fn wait_running(run: &RunHandle) -> u32 {
+    let deadline = Instant::now() + PATIENCE;
+    let mut sub = run.subscribe(From::Start);
+    loop {
+        assert!(Instant::now() < deadline, "run did not start");
+        match sub.next(Duration::from_secs(1)) {
+            Next::Status(s) if s.status == RunState::Running => {
+                return s.pid.expect("running runs have a pid")
+            }
+            Next::End(s) => panic!("run ended ({:?}) before running", s.status),
+            _ => {}
+        }
+    }
+}
+
+/// Live (not zombie) processes of group `pgid`, from `/proc`.
+pub fn live_group_members(pgid: u32) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let state = fields[0];
+        if fields[2] == pgid.to_string() && state != "Z" && state != "X" {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+/// Whether process `pid` is alive (not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
