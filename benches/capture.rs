@@ -1,1 +1,2 @@
+//! Placeholder replaced by the capture benchmark.
 fn main() {}

@@ -408,19 +408,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
-        let (code, signal) = status.map_or((None, None), process::exit_parts);
-        self.exit = Some((code, signal));
-        let message = match (code, signal) {
-            (Some(c), _) => format!("exited with code {c}"),
-            (None, Some(s)) => format!("killed by signal {s} ({})", process::signal_name(s)),
-            (None, None) => "exited; its status could not be read".to_string(),
-        };
-        let level = if code == Some(0) {
-            Level::Info
-        } else {
-            Level::Warning
-        };
-        self.out.system(level, message);
+        self.exit = Some(status.map_or((None, None), process::exit_parts));
         // Like a container or a systemd unit: what is left of the group goes too.
         if !self.killed {
             let left = process::live_group_members(self.pgid);
@@ -575,6 +563,19 @@ impl<'a> Supervisor<'a> {
                 self.out.push_line(stream, line, Timestamp::now());
             }
         }
+        // Said last, after the output the child wrote before it exited.
+        let (exit_code, signal) = self.exit.unwrap_or((None, None));
+        let message = match (exit_code, signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("killed by signal {s} ({})", process::signal_name(s)),
+            (None, None) => "exited; its status could not be read".to_string(),
+        };
+        let level = if exit_code == Some(0) {
+            Level::Info
+        } else {
+            Level::Warning
+        };
+        self.out.system(level, message);
         if self.open_streams > 0 {
             self.out.system(
                 Level::Warning,
@@ -586,7 +587,6 @@ impl<'a> Supervisor<'a> {
         self.out.commit();
         // Wake readers still blocked on a pipe a stray process holds, so they exit.
         drop(self.stopper.take());
-        let (exit_code, signal) = self.exit.unwrap_or((None, None));
         let state = match self.stop_reason {
             Some(StopReason::TimedOut) => RunState::TimedOut,
             Some(StopReason::Cancelled | StopReason::Shutdown) => RunState::Cancelled,

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per topic. Every test spawns real processes.
 
+mod cli;
 mod engine;
 mod util;

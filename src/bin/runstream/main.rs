@@ -1,0 +1,31 @@
+//! The `runstream` command: `run` (one command in the foreground) and `serve` (the HTTP
+//! server).
+
+mod args;
+mod run_command;
+
+use args::Command;
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let code = match args::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(run)) => run_command::run(run),
+        Ok(Command::Serve(options)) => {
+            eprintln!("runstream: serve is not available in this build (got {options:?})");
+            2
+        }
+        Ok(Command::Help) => {
+            print!("{}", args::USAGE);
+            0
+        }
+        Ok(Command::Version) => {
+            println!("runstream {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Err(e) => {
+            eprintln!("runstream: {e}\n\n{}", args::USAGE);
+            2
+        }
+    };
+    std::process::exit(code);
+}
