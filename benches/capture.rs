@@ -1,2 +1,604 @@
-//! Placeholder replaced by the capture benchmark.
-fn main() {}
+//! Capture benchmarks: what the engine costs on top of the child itself.
+//!
+//! A plain `fn main` program (`harness = false`, no criterion, to keep build time low).
+//! Every case is measured against a baseline taken in the same run, interleaved with it
+//! (baseline, engine, baseline, engine, …) so that load from elsewhere on the machine hits
+//! both alike; each figure is the median of the repetitions.
+//!
+//! ```sh
+//! cargo build --release            # case (d) drives target/release/runstream
+//! cargo bench --bench capture
+//! RUNSTREAM_BENCH_QUICK=1 cargo bench --bench capture   # smoke test: 1 rep, small sizes
+//! RUNSTREAM_BENCH_CASES=a,b cargo bench --bench capture  # only some cases
+//! ```
+//!
+//! Cases:
+//! - (a) 1 000 000 short lines (`seq 1 1000000`) through the engine, log file on, default
+//!   ring, until `RunHandle::wait()`; vs `seq` to /dev/null (and vs a bare pipe drain).
+//! - (b) ~200 MB of 1000-byte lines (`yes <999 x> | head -c 200000000`) the same way.
+//! - (c) fan-out: 100 subscriber threads on one run of 200 000 lines, each must get every
+//!   entry; vs the same run with no subscriber.
+//! - (d) a Python loop printing 200 000 lines through `runstream run --json` (stdout to
+//!   /dev/null) vs the same Python command straight to /dev/null.
+//! - (e) memory after (a): the run's retained entries/bytes, and VmHWM/VmRSS.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use runstream::{
+    CaptureStats, Engine, EngineConfig, From, Next, RunHandle, RunSpec, RunState, Subscription,
+};
+
+/// Sizes and repetitions.
+struct Plan {
+    quick: bool,
+    reps: usize,
+    short_lines: u64,
+    long_bytes: u64,
+    long_line: usize,
+    fan_lines: u64,
+    fan_subscribers: usize,
+    py_lines: u64,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        let quick = std::env::var("RUNSTREAM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        if quick {
+            Plan {
+                quick,
+                reps: 1,
+                short_lines: 100_000,
+                long_bytes: 20_000_000,
+                long_line: 1000,
+                fan_lines: 20_000,
+                fan_subscribers: 100,
+                py_lines: 20_000,
+            }
+        } else {
+            Plan {
+                quick,
+                reps: 5,
+                short_lines: 1_000_000,
+                long_bytes: 200_000_000,
+                long_line: 1000,
+                fan_lines: 200_000,
+                fan_subscribers: 100,
+                py_lines: 200_000,
+            }
+        }
+    }
+}
+
+/// One line of the results table.
+struct Row {
+    case: String,
+    what: String,
+    median: Duration,
+    /// The same-run baseline's median, for the ratio column.
+    baseline: Option<Duration>,
+    rate: String,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn add(
+        &mut self,
+        case: &str,
+        what: &str,
+        median: Duration,
+        baseline: Option<Duration>,
+        rate: String,
+    ) {
+        let row = Row {
+            case: case.into(),
+            what: what.into(),
+            median,
+            baseline,
+            rate,
+        };
+        eprintln!("  {}", format_row(&row));
+        self.rows.push(row);
+    }
+
+    fn note(&mut self, text: String) {
+        eprintln!("  note: {text}");
+        self.notes.push(text);
+    }
+
+    fn print(&self, plan: &Plan) {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n## runstream capture bench ({}, median of {} rep{})\n",
+            if plan.quick { "QUICK mode" } else { "full" },
+            plan.reps,
+            if plan.reps == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            out,
+            "| case | measurement | median | ratio vs baseline | rate |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---|");
+        for row in &self.rows {
+            let _ = writeln!(out, "{}", format_row(row));
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(out);
+            for n in &self.notes {
+                let _ = writeln!(out, "- {n}");
+            }
+        }
+        println!("{out}");
+    }
+}
+
+fn format_row(row: &Row) -> String {
+    let ratio = match row.baseline {
+        Some(b) if !b.is_zero() => format!("{:.2}×", row.median.as_secs_f64() / b.as_secs_f64()),
+        Some(_) => "∞".into(),
+        None => "(baseline)".into(),
+    };
+    format!(
+        "| {} | {} | {} | {} | {} |",
+        row.case,
+        row.what,
+        fmt_duration(row.median),
+        ratio,
+        row.rate
+    )
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    assert!(!samples.is_empty());
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn per_sec(count: f64, d: Duration) -> f64 {
+    count / d.as_secs_f64().max(1e-9)
+}
+
+fn fmt_count(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// Runs a command to completion with stdout and stderr on /dev/null; panics on failure.
+fn run_to_null(mut cmd: Command) -> Duration {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let elapsed = start.elapsed();
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    elapsed
+}
+
+/// Runs a command with stdout on a pipe that this process drains (64 KiB reads, bytes
+/// thrown away): the cost of moving the bytes through a pipe at all, without the engine.
+fn run_to_pipe_drain(mut cmd: Command) -> (Duration, u64) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut pipe = child.stdout.take().expect("piped stdout");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading {cmd:?}: {e}"),
+        }
+    }
+    let status = child.wait().expect("wait");
+    let elapsed = start.elapsed();
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    (elapsed, total)
+}
+
+/// An engine with a log directory (log file on) and otherwise default settings.
+fn engine_with_log(dir: &Path) -> Engine {
+    Engine::new(EngineConfig {
+        log_dir: Some(dir.to_path_buf()),
+        ..EngineConfig::default()
+    })
+}
+
+/// Submits `spec` to a fresh engine (log file in a fresh temp dir) and waits for it.
+/// Returns the time from submit to `wait()` returning, and the run (still readable).
+fn engine_run(spec: RunSpec) -> (Duration, RunHandle, CaptureStats) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with_log(dir.path());
+    let start = Instant::now();
+    let run = engine.submit(spec).expect("submit");
+    let status = run.wait();
+    let elapsed = start.elapsed();
+    assert_eq!(status.status, RunState::Completed, "{status:?}");
+    let stats = run.capture().stats();
+    drop(engine);
+    drop(dir); // the log file goes with it
+    (elapsed, run, stats)
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn case_a_short_lines(plan: &Plan, table: &mut Table) {
+    let n = plan.short_lines;
+    eprintln!("(a) {n} short lines: seq 1 {n}");
+    let seq = || {
+        let mut c = Command::new("seq");
+        c.arg("1").arg(n.to_string());
+        c
+    };
+    let (mut base, mut drain, mut eng) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..plan.reps {
+        base.push(run_to_null(seq()));
+        drain.push(run_to_pipe_drain(seq()).0);
+        let (t, run, stats) = engine_run(RunSpec::new("seq").arg("1").arg(n.to_string()));
+        // n lines plus the engine's own "exited with code 0".
+        assert_eq!(stats.entries, n + 1, "every line must be captured");
+        eng.push(t);
+        last = Some((run, stats));
+    }
+    let (base, drain, eng) = (median(base), median(drain), median(eng));
+    table.add(
+        "a short lines",
+        &format!("`seq 1 {n}` > /dev/null"),
+        base,
+        None,
+        format!("{} lines/s", fmt_count(per_sec(n as f64, base))),
+    );
+    table.add(
+        "a short lines",
+        "same, through a pipe drained by a bare read loop",
+        drain,
+        Some(base),
+        format!("{} lines/s", fmt_count(per_sec(n as f64, drain))),
+    );
+    table.add(
+        "a short lines",
+        "through the engine (log file on, default ring) until wait()",
+        eng,
+        Some(base),
+        format!("**{} lines/s**", fmt_count(per_sec(n as f64, eng))),
+    );
+    table.note(format!(
+        "(a) engine / bare pipe drain = {:.2}×; engine time per line = {:.0} ns",
+        eng.as_secs_f64() / drain.as_secs_f64(),
+        eng.as_secs_f64() * 1e9 / n as f64
+    ));
+    // (e) memory, right after (a), before anything else grows the process.
+    if let Some((run, stats)) = last {
+        let now = run.capture().stats();
+        let (hwm, rss) = vm_hwm_rss();
+        table.note(format!(
+            "(e) memory after (a): retained_entries = {}, retained_bytes = {} ({:.1} MiB), \
+             captured {} entries / {} message bytes; process VmHWM = {}, VmRSS = {}",
+            now.retained_entries,
+            now.retained_bytes,
+            now.retained_bytes as f64 / (1 << 20) as f64,
+            stats.entries,
+            stats.bytes,
+            hwm.as_deref().unwrap_or("?"),
+            rss.as_deref().unwrap_or("?"),
+        ));
+    }
+}
+
+fn vm_hwm_rss() -> (Option<String>, Option<String>) {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn case_b_long_lines(plan: &Plan, table: &mut Table) {
+    let bytes = plan.long_bytes;
+    let line = "x".repeat(plan.long_line - 1); // plus '\n' = long_line bytes per line
+    let lines = bytes / plan.long_line as u64;
+    eprintln!("(b) {bytes} bytes of {}-byte lines", plan.long_line);
+    // `yes` repeats its argument at GB/s; `head -c` cuts it. (A `tr | fold` pipeline
+    // would itself be the bottleneck: fold goes byte by byte.)
+    const SCRIPT: &str = r#"yes "$1" | head -c "$2""#;
+    let args = || ["-c", SCRIPT, "sh", line.as_str(), &bytes.to_string()].map(String::from);
+    let (mut base, mut drain, mut eng) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.reps {
+        let mut c = Command::new("sh");
+        c.args(args());
+        base.push(run_to_null(c));
+        let mut c = Command::new("sh");
+        c.args(args());
+        let (t, got) = run_to_pipe_drain(c);
+        assert_eq!(got, bytes);
+        drain.push(t);
+        let (t, _run, stats) = engine_run(RunSpec::new("sh").args(args()));
+        assert_eq!(stats.entries, lines + 1, "every line must be captured");
+        assert_eq!(
+            stats.bytes,
+            lines * (plan.long_line as u64 - 1) + "exited with code 0".len() as u64
+        );
+        eng.push(t);
+    }
+    let (base, drain, eng) = (median(base), median(drain), median(eng));
+    let mb = bytes as f64 / 1e6;
+    table.add(
+        "b long lines",
+        &format!(
+            "`yes <{}×x> | head -c {bytes}` > /dev/null",
+            plan.long_line - 1
+        ),
+        base,
+        None,
+        format!("{:.0} MB/s", mb / base.as_secs_f64()),
+    );
+    table.add(
+        "b long lines",
+        "same, through a pipe drained by a bare read loop",
+        drain,
+        Some(base),
+        format!("{:.0} MB/s", mb / drain.as_secs_f64()),
+    );
+    table.add(
+        "b long lines",
+        "through the engine (log file on, default ring) until wait()",
+        eng,
+        Some(base),
+        format!(
+            "**{:.0} MB/s** ({} lines/s)",
+            mb / eng.as_secs_f64(),
+            fmt_count(per_sec(lines as f64, eng))
+        ),
+    );
+    table.note(format!(
+        "(b) engine / bare pipe drain = {:.2}×; MB = 10^6 bytes of child output",
+        eng.as_secs_f64() / drain.as_secs_f64()
+    ));
+}
+
+/// Reads a subscription to its end; checks that entries come in order with no hole and no
+/// gap. Returns how many entries it got.
+fn count_all(mut sub: Subscription) -> u64 {
+    let mut expected = 0u64;
+    loop {
+        match sub.next(Duration::from_secs(120)) {
+            Next::Entries(batch) => {
+                assert_eq!(batch[0].seq, expected, "entries out of order or missing");
+                expected += batch.len() as u64;
+            }
+            Next::Gap { from_seq, to_seq } => {
+                panic!("subscriber lost entries {from_seq}..={to_seq}")
+            }
+            Next::Status(_) => {}
+            Next::End(_) => return expected,
+            Next::Timeout => panic!("subscriber stalled at seq {expected}"),
+        }
+    }
+}
+
+fn case_c_fan_out(plan: &Plan, table: &mut Table) {
+    let n = plan.fan_lines;
+    let subs = plan.fan_subscribers;
+    eprintln!("(c) fan-out: {subs} subscribers on seq 1 {n}");
+    let spec = || RunSpec::new("seq").arg("1").arg(n.to_string());
+    let (mut base, mut eng) = (Vec::new(), Vec::new());
+    let mut delivered = 0u64;
+    for _ in 0..plan.reps {
+        let (t, _run, stats) = engine_run(spec());
+        assert_eq!(stats.entries, n + 1);
+        base.push(t);
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine_with_log(dir.path());
+        let start = Instant::now();
+        let run = engine.submit(spec()).expect("submit");
+        let readers: Vec<_> = (0..subs)
+            .map(|i| {
+                let sub = run.subscribe(From::Start);
+                thread::Builder::new()
+                    .name(format!("bench-sub-{i}"))
+                    .spawn(move || count_all(sub))
+                    .expect("subscriber thread")
+            })
+            .collect();
+        let counts: Vec<u64> = readers
+            .into_iter()
+            .map(|h| h.join().expect("subscriber panicked"))
+            .collect();
+        let status = run.wait();
+        let elapsed = start.elapsed();
+        assert_eq!(status.status, RunState::Completed);
+        let total = run.capture().stats().entries;
+        assert_eq!(total, n + 1);
+        assert!(
+            counts.iter().all(|&c| c == total),
+            "every subscriber must get every entry: {counts:?} of {total}"
+        );
+        delivered = counts.iter().sum();
+        eng.push(elapsed);
+        drop(engine);
+        drop(dir);
+    }
+    let (base, eng) = (median(base), median(eng));
+    table.add(
+        "c fan-out",
+        &format!("`seq 1 {n}`, 0 subscribers (log file on)"),
+        base,
+        None,
+        format!("{} lines/s", fmt_count(per_sec(n as f64, base))),
+    );
+    let extra_ns = (eng.as_secs_f64() - base.as_secs_f64()) * 1e9 / delivered as f64;
+    table.add(
+        "c fan-out",
+        &format!(
+            "same, {subs} subscriber threads from seq 0, each got all {} entries",
+            n + 1
+        ),
+        eng,
+        Some(base),
+        format!(
+            "{} entries delivered/s; **{extra_ns:.0} ns extra per delivered entry**",
+            fmt_count(per_sec(delivered as f64, eng))
+        ),
+    );
+}
+
+/// The interpreter behind `python3` (a pyenv shim is a shell script: resolving it keeps
+/// its start-up cost out of both sides).
+fn find_python() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    path.is_file().then_some(path)
+}
+
+fn runstream_binary() -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let bin = target.join("release").join("runstream");
+    bin.is_file().then_some(bin)
+}
+
+fn case_d_python(plan: &Plan, table: &mut Table) {
+    let n = plan.py_lines;
+    eprintln!("(d) realistic producer: python3 printing {n} lines");
+    let Some(bin) = runstream_binary() else {
+        table.note("(d) skipped: build with cargo build --release first (target/release/runstream is missing)".into());
+        return;
+    };
+    let Some(python) = find_python() else {
+        table.note("(d) skipped: python3 not found".into());
+        return;
+    };
+    let script =
+        format!("import sys\nfor i in range({n}): print(f'step {{i}} loss {{1/(i+1):.6f}}')");
+    let py_args = ["-u".to_string(), "-c".to_string(), script];
+    let direct = || {
+        let mut c = Command::new(&python);
+        c.args(&py_args);
+        c
+    };
+    let through = |log_dir: Option<&Path>| {
+        let mut c = Command::new(&bin);
+        c.args(["run", "--json"]);
+        if let Some(d) = log_dir {
+            c.arg("--log-dir").arg(d);
+        }
+        c.arg("--").arg(&python).args(&py_args);
+        c
+    };
+    let (mut base, mut eng, mut eng_log) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.reps {
+        base.push(run_to_null(direct()));
+        eng.push(run_to_null(through(None)));
+        let dir = tempfile::tempdir().expect("temp dir");
+        eng_log.push(run_to_null(through(Some(dir.path()))));
+        // `{run_id}.jsonl` holds the entries (the binary may write `{run_id}.json` too).
+        let logged: u64 = std::fs::read_dir(dir.path())
+            .expect("log dir")
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .filter_map(|p| std::fs::read(p).ok())
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+            .sum();
+        assert_eq!(logged, n + 1, "the log file must hold every line");
+    }
+    let (base, eng, eng_log) = (median(base), median(eng), median(eng_log));
+    table.add(
+        "d python producer",
+        &format!("`python3 -u -c <loop of {n} prints>` > /dev/null"),
+        base,
+        None,
+        format!("{} lines/s", fmt_count(per_sec(n as f64, base))),
+    );
+    table.add(
+        "d python producer",
+        "`runstream run --json -- python3 …` > /dev/null",
+        eng,
+        Some(base),
+        format!("{} lines/s", fmt_count(per_sec(n as f64, eng))),
+    );
+    table.add(
+        "d python producer",
+        "same, with `--log-dir` (log file on)",
+        eng_log,
+        Some(base),
+        format!("{} lines/s", fmt_count(per_sec(n as f64, eng_log))),
+    );
+    table.note(format!(
+        "(d) binary: {}; python: {}",
+        bin.display(),
+        python.display()
+    ));
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported (run it all).
+    let plan = Plan::from_env();
+    let mut table = Table::default();
+    eprintln!(
+        "runstream capture bench: {} mode, {} rep(s) each, {} CPU(s)",
+        if plan.quick { "quick" } else { "full" },
+        plan.reps,
+        thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    // RUNSTREAM_BENCH_CASES=a,c runs only those cases (handy under a profiler).
+    let only = std::env::var("RUNSTREAM_BENCH_CASES").unwrap_or_default();
+    let wanted = |case: &str| only.is_empty() || only.split(',').any(|c| c.trim() == case);
+    let started = Instant::now();
+    if wanted("a") {
+        case_a_short_lines(&plan, &mut table);
+    }
+    if wanted("b") {
+        case_b_long_lines(&plan, &mut table);
+    }
+    if wanted("c") {
+        case_c_fan_out(&plan, &mut table);
+    }
+    if wanted("d") {
+        case_d_python(&plan, &mut table);
+    }
+    table.note(format!(
+        "total bench wall time {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    table.print(&plan);
+}

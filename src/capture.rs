@@ -2,6 +2,7 @@
 //! `Subscription` cursors that read them at their own pace.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,8 @@ pub struct CaptureStats {
 pub struct OutputCapture {
     state: Mutex<CaptureState>,
     changed: Condvar,
+    /// Where each announced status is saved (`{run_id}.json`), when there is a log dir.
+    status_file: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -109,8 +112,17 @@ impl CaptureState {
 
 impl OutputCapture {
     /// An empty capture for a run whose first status is `status`.
-    pub(crate) fn new(status: RunStatus, max_entries: usize, max_bytes: usize) -> OutputCapture {
+    pub(crate) fn new(
+        status: RunStatus,
+        max_entries: usize,
+        max_bytes: usize,
+        status_file: Option<PathBuf>,
+    ) -> OutputCapture {
+        if let Some(path) = &status_file {
+            crate::logfile::save_status(path, &status);
+        }
         OutputCapture {
+            status_file,
             state: Mutex::new(CaptureState {
                 entries: VecDeque::new(),
                 retained_bytes: 0,
@@ -131,7 +143,7 @@ impl OutputCapture {
     /// A finished run's capture whose entries all live in its log file (a run loaded
     /// again after a restart): nothing of it is held in memory.
     pub(crate) fn from_log(status: RunStatus, log: LogLocator, entries: u64) -> OutputCapture {
-        let capture = OutputCapture::new(status, 1, 0);
+        let capture = OutputCapture::new(status, 1, 0, None);
         {
             let mut s = capture.lock();
             s.next_seq = entries;
@@ -191,9 +203,12 @@ impl OutputCapture {
         if announce {
             let at = s.next_seq;
             let snapshot = s.current.clone();
-            s.transitions.push((at, snapshot));
+            s.transitions.push((at, snapshot.clone()));
             drop(s);
             self.changed.notify_all();
+            if let Some(path) = &self.status_file {
+                crate::logfile::save_status(path, &snapshot);
+            }
         }
     }
 
@@ -204,6 +219,10 @@ impl OutputCapture {
         s.current.refresh_duration();
         let at = s.next_seq;
         let snapshot = s.current.clone();
+        // Saved before anyone is told, so a finished run is finished on disk too.
+        if let Some(path) = &self.status_file {
+            crate::logfile::save_status(path, &snapshot);
+        }
         s.transitions.push((at, snapshot));
         s.finished = true;
         drop(s);

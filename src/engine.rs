@@ -131,12 +131,15 @@ impl Engine {
             error_message: None,
             waiting_for: ticket.admitted.is_empty().then(|| "slot".to_string()),
             progress_percent: None,
+            process_start_time: None,
             labels: spec.labels.clone(),
         };
+        let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
         let capture = Arc::new(OutputCapture::new(
             status,
             self.config.ring_max_entries,
             self.config.ring_max_bytes,
+            status_file,
         ));
         let (control_tx, control_rx) = unbounded();
         let handle = RunHandle {

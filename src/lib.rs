@@ -43,10 +43,13 @@ mod capture;
 mod config;
 mod engine;
 mod entry;
+pub mod gpu;
 mod lines;
 mod logfile;
 mod process;
 mod run;
+#[cfg(feature = "server")]
+pub mod server;
 mod spec;
 mod status;
 mod timestamp;

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::Entry;
+use crate::{Entry, RunStatus};
 
 /// One offset is remembered for every this many entries; reading back seeks to the nearest
 /// one and skips at most this many lines. Keeps the index tiny (2 M lines → 16 KB).
@@ -117,6 +117,19 @@ pub(crate) fn read_range(
         seq += 1;
     }
     Ok(out)
+}
+
+/// Saves a run's status as `{run_id}.json`: written to a temporary file and renamed, so
+/// a crash never leaves half a file. Failures are logged, not fatal: the run goes on.
+pub(crate) fn save_status(path: &Path, status: &RunStatus) {
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec_pretty(status)
+        .map_err(io::Error::from)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        log::error!("cannot save run status {}: {e}", path.display());
+    }
 }
 
 /// Builds the sparse index of an existing log (used when a finished run is loaded again),

@@ -113,6 +113,7 @@ fn run(ctx: RunContext) {
                 s.waiting_for = None;
                 s.started_at = started_at;
                 s.pid = Some(spawned.pid);
+                s.process_start_time = process::proc_stat(spawned.pid).map(|p| p.start_time);
             });
             Supervisor::new(&ctx, spawned, out).run();
         }

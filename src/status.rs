@@ -94,7 +94,13 @@ pub struct RunStatus {
     /// The last progress percentage the run printed (`45%` in a `\r` update or in a line
     /// that mentions progress), if any.
     pub progress_percent: Option<f64>,
+    /// When the child started, in clock ticks after boot (`/proc/PID/stat` field 22).
+    /// With the pid it names the process uniquely, so after a restart a reused pid is
+    /// never signalled.
+    #[serde(default)]
+    pub process_start_time: Option<u64>,
     /// Labels from the `RunSpec`.
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 

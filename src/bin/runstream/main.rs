@@ -3,6 +3,7 @@
 
 mod args;
 mod run_command;
+mod serve_command;
 
 use args::Command;
 
@@ -10,10 +11,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let code = match args::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(run)) => run_command::run(run),
-        Ok(Command::Serve(options)) => {
-            eprintln!("runstream: serve is not available in this build (got {options:?})");
-            2
-        }
+        Ok(Command::Serve(options)) => serve_command::run(options),
         Ok(Command::Help) => {
             print!("{}", args::USAGE);
             0

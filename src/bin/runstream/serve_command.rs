@@ -1,0 +1,174 @@
+//! `runstream serve`: the HTTP server, until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runstream::server::{Catalogue, Server, ServerConfig};
+use runstream::{Engine, EngineConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::args::parse_duration;
+
+pub const USAGE: &str = "\
+usage: runstream serve [OPTIONS]
+  --bind ADDR            address to listen on (default 127.0.0.1:8787; port 0 picks one)
+  --modules FILE         module catalogue (JSON)
+  --data-dir DIR         runs and their logs (default ./runstream-data)
+  --token TOKEN          require Authorization: Bearer TOKEN (or RUNSTREAM_TOKEN);
+                         needed to bind anything but loopback
+  --allow-commands       allow POST /api/runs with a raw argv
+  --cors-origin ORIGIN   allow a browser app on ORIGIN (or *) to call the API
+  --max-concurrent N     runs live at once (default: CPU count); the rest queue
+  --grace DUR            default time between SIGTERM and SIGKILL (default 5s)
+  --keep-alive DUR       SSE keep-alive interval (default 15s)
+  --max-sse-clients N    open streams at most (default 512)
+";
+
+struct ServeArgs {
+    server: ServerConfig,
+    engine: EngineConfig,
+    modules: Option<PathBuf>,
+    data_dir: PathBuf,
+}
+
+fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
+    let mut server = ServerConfig::default();
+    let mut engine = EngineConfig::default();
+    let mut modules = None;
+    let mut data_dir = PathBuf::from("runstream-data");
+    server.token = std::env::var("RUNSTREAM_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mut it = options.into_iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{name} takes a number, got {v:?}"))
+        };
+        match name.as_str() {
+            "--bind" => {
+                let v = value()?;
+                server.bind = v
+                    .parse()
+                    .map_err(|_| format!("--bind takes IP:PORT, got {v:?}"))?;
+            }
+            "--modules" => modules = Some(PathBuf::from(value()?)),
+            "--data-dir" => data_dir = PathBuf::from(value()?),
+            "--token" => server.token = Some(value()?).filter(|t| !t.is_empty()),
+            "--allow-commands" => server.allow_commands = true,
+            "--cors-origin" => server.cors_origin = Some(value()?),
+            "--max-concurrent" => engine.max_concurrent = number(value()?)?.max(1),
+            "--grace" => engine.default_grace = parse_duration(&value()?)?,
+            "--keep-alive" => {
+                server.keep_alive = parse_duration(&value()?)?.max(Duration::from_millis(10))
+            }
+            "--max-sse-clients" => server.max_sse_clients = number(value()?)?,
+            "-h" | "--help" => return Err(String::new()),
+            _ => return Err(format!("unknown option {name}")),
+        }
+    }
+    engine.log_dir = Some(data_dir.join("runs"));
+    Ok(ServeArgs {
+        server,
+        engine,
+        modules,
+        data_dir,
+    })
+}
+
+/// Serves until a signal; returns the exit status.
+pub fn run(options: Vec<String>) -> i32 {
+    let args = match parse(options) {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("runstream: {e}\n\n{USAGE}");
+            return 2;
+        }
+    };
+    let catalogue = match &args.modules {
+        Some(path) => match Catalogue::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("runstream: {e}");
+                return 2;
+            }
+        },
+        None => Catalogue::default(),
+    };
+    if let Err(e) = std::fs::create_dir_all(args.data_dir.join("runs")) {
+        eprintln!(
+            "runstream: cannot create data directory {}: {e}",
+            args.data_dir.display()
+        );
+        return 1;
+    }
+    let grace = args.engine.default_grace;
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("runstream: cannot handle signals: {e}");
+            return 1;
+        }
+    };
+    let engine = Arc::new(Engine::new(args.engine));
+    let server = match Server::start(Arc::clone(&engine), catalogue, args.server) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("runstream: {e}");
+            return 2;
+        }
+    };
+    println!("listening on http://{}", server.addr());
+    let _ = std::io::stdout().flush();
+    log::info!("data in {}", args.data_dir.display());
+
+    let (signal_tx, signal_rx) = crossbeam_channel::unbounded();
+    let mut signals = signals;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal_tx.send(signal).is_err() {
+                return;
+            }
+        }
+    });
+    if signal_rx.recv().is_err() {
+        return 1;
+    }
+    log::info!("shutting down: stopping every run (a second signal kills them at once)");
+    let stopper = {
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || server.shutdown(grace + Duration::from_secs(2)))
+    };
+    std::thread::spawn(move || {
+        if signal_rx.recv().is_ok() {
+            log::warn!("second signal: killing every process group");
+            for run in engine.list() {
+                run.kill();
+            }
+            for run in engine.list() {
+                run.wait_timeout(Duration::from_secs(2));
+            }
+            std::process::exit(1);
+        }
+    });
+    let _ = stopper.join();
+    log::info!("stopped");
+    0
+}

@@ -1,0 +1,535 @@
+//! The HTTP API: routing and one handler per endpoint (DESIGN.md's table).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tiny_http::{Method, Request, Response};
+
+use super::auth::{check_token, cors_headers};
+use super::http::{
+    header, json_response, query_number, query_pairs, query_value, read_json_body, request_header,
+    url_path, ApiError, ChunkedWriter, FullResponse,
+};
+use super::modules::BuildError;
+use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
+use super::{metrics, sse, AppState};
+use crate::{From, Next, RunHandle, RunSpec, RunState, Stream, Timestamp};
+
+/// The web page, embedded in the binary.
+const PAGE: &str = include_str!("page.html");
+/// Most entries one `/logs` request returns.
+const MAX_LOG_LINES: u64 = 100_000;
+
+/// What a handler answers.
+enum Reply {
+    /// A complete response.
+    Full(FullResponse),
+    /// Follow this run as SSE from here.
+    Stream(RunHandle, From),
+    /// Send this run's whole log as text.
+    Download(RunHandle),
+}
+
+fn json_reply(status: u16, body: &Value) -> Reply {
+    Reply::Full(json_response(status, body))
+}
+
+/// Answers one request (on its own thread).
+pub fn handle(state: &Arc<AppState>, mut request: Request) {
+    let origin = request_header(&request, "Origin").map(str::to_string);
+    let cors = cors_headers(state.config.cors_origin.as_deref(), origin.as_deref());
+    let response = match route(state, &mut request, !cors.is_empty()) {
+        Ok(Reply::Full(r)) => r,
+        Ok(Reply::Stream(run, from)) => return stream(state, run, from, request, &cors),
+        Ok(Reply::Download(run)) => return download(run, request, &cors),
+        Err(e) => json_response(e.status, &e.body()),
+    };
+    let response = cors
+        .iter()
+        .fold(response, |r, (k, v)| r.with_header(header(k, v)));
+    if let Err(e) = request.respond(response) {
+        log::debug!("client left before the response: {e}");
+    }
+}
+
+fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Reply, ApiError> {
+    let path = url_path(request.url());
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let method = request.method().clone();
+    if method == Method::Options && cors {
+        return Ok(Reply::Full(
+            Response::from_data(Vec::new()).with_status_code(204),
+        ));
+    }
+    let protected = matches!(segments.first(), Some(&"api") | Some(&"metrics"));
+    if protected {
+        if let Some(token) = &state.config.token {
+            check_token(request, token)?;
+        }
+    }
+    use Method::{Delete, Get, Post};
+    match (segments.as_slice(), &method) {
+        ([], Get) | (["index.html"], Get) => Ok(Reply::Full(
+            Response::from_data(PAGE.as_bytes().to_vec())
+                .with_header(header("Content-Type", "text/html; charset=utf-8")),
+        )),
+        (["api", "health"], Get) => Ok(json_reply(200, &health(state))),
+        (["api", "modules"], Get) => Ok(json_reply(200, &modules(state))),
+        (["api", "modules", id], Get) => module(state, id),
+        (["api", "modules", id, "run"], Post) => {
+            let body = read_json_body(request, state.config.max_body_bytes)?;
+            start_module(state, id, body)
+        }
+        (["api", "runs"], Post) => {
+            if !state.config.allow_commands {
+                return Err(ApiError::new(
+                    403,
+                    "FORBIDDEN",
+                    "raw commands are disabled: start the server with --allow-commands",
+                ));
+            }
+            let body = read_json_body(request, state.config.max_body_bytes)?;
+            start_command(state, body)
+        }
+        (["api", "runs"], Get) => list_runs(state, request.url()),
+        (["api", "runs", id], Get) => Ok(json_reply(200, &run_json(&find(state, id)?.status()))),
+        (["api", "runs", id], Delete) | (["api", "runs", id, "cancel"], Post) => cancel(state, id),
+        (["api", "runs", id, "logs"], Get) => logs(state, id, request.url()),
+        (["api", "runs", id, "logs", "stream"], Get) => stream_start(state, id, request),
+        (["api", "runs", id, "logs", "download"], Get) => Ok(Reply::Download(find(state, id)?)),
+        (["api", "system", "stats"], Get) => Ok(json_reply(200, &metrics::system_stats(state))),
+        (["api", "gpu"], Get) => Ok(json_reply(200, &state.gpu.report())),
+        (["metrics"], Get) => Ok(Reply::Full(
+            Response::from_data(metrics::prometheus(state).into_bytes()).with_header(header(
+                "Content-Type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )),
+        )),
+        _ => Err(unknown_route(&segments, &method)),
+    }
+}
+
+/// 405 when the path exists with another method, else 404.
+fn unknown_route(segments: &[&str], method: &Method) -> ApiError {
+    let allowed: &[&str] = match segments {
+        [] | ["index.html"] | ["api", "health"] | ["api", "modules"] | ["api", "modules", _] => {
+            &["GET"]
+        }
+        ["api", "runs", _, "logs"] | ["api", "runs", _, "logs", "stream" | "download"] => &["GET"],
+        ["api", "system", "stats"] | ["api", "gpu"] | ["metrics"] => &["GET"],
+        ["api", "modules", _, "run"] | ["api", "runs", _, "cancel"] => &["POST"],
+        ["api", "runs"] => &["GET", "POST"],
+        ["api", "runs", _] => &["GET", "DELETE"],
+        _ => &[],
+    };
+    if allowed.is_empty() {
+        ApiError::new(
+            404,
+            "NOT_FOUND",
+            format!("no such endpoint: /{}", segments.join("/")),
+        )
+    } else {
+        ApiError::new(
+            405,
+            "METHOD_NOT_ALLOWED",
+            format!("{method} is not allowed here; use {}", allowed.join(" or ")),
+        )
+    }
+}
+
+fn find(state: &AppState, id: &str) -> Result<RunHandle, ApiError> {
+    state
+        .engine
+        .get(id)
+        .ok_or_else(|| ApiError::run_not_found(id))
+}
+
+fn health(state: &AppState) -> Value {
+    let (live, _) = state.engine.counts();
+    json!({
+        "status": if state.shutting_down.load(Ordering::SeqCst) { "shutting_down" } else { "healthy" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "active_runs": live,
+        "total_modules": state.catalogue.modules.len(),
+    })
+}
+
+fn module_json(id: &str, module: &super::modules::Module) -> Value {
+    let mut v = serde_json::to_value(module).unwrap_or_default();
+    v["id"] = json!(id);
+    v
+}
+
+fn modules(state: &AppState) -> Value {
+    let list: Vec<Value> = state
+        .catalogue
+        .modules
+        .iter()
+        .map(|(id, m)| module_json(id, m))
+        .collect();
+    json!({"modules": list, "total": list.len()})
+}
+
+fn module(state: &AppState, id: &str) -> Result<Reply, ApiError> {
+    let m = state
+        .catalogue
+        .modules
+        .get(id)
+        .ok_or_else(|| module_not_found(id))?;
+    Ok(json_reply(200, &module_json(id, m)))
+}
+
+fn module_not_found(id: &str) -> ApiError {
+    ApiError::new(404, "MODULE_NOT_FOUND", format!("module {id:?} not found"))
+}
+
+fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
+    match state.engine.submit(spec) {
+        Ok(run) => Ok(json_reply(202, &run_json(&run.status()))),
+        Err(crate::SubmitError::ShuttingDown) => Err(ApiError::new(
+            503,
+            "RESOURCE_LIMIT_EXCEEDED",
+            "the server is shutting down",
+        )),
+        Err(e @ crate::SubmitError::InvalidSpec(_)) => Err(ApiError::validation(e.to_string())),
+        Err(e) => Err(ApiError::new(500, "INTERNAL_ERROR", e.to_string())),
+    }
+}
+
+fn start_module(state: &AppState, id: &str, body: Value) -> Result<Reply, ApiError> {
+    let params = match &body {
+        Value::Null => serde_json::Map::new(),
+        Value::Object(o) => {
+            if let Some(extra) = o.keys().find(|k| *k != "parameters") {
+                return Err(ApiError::validation(format!(
+                    "unknown field {extra:?}; send {{\"parameters\": {{...}}}}"
+                )));
+            }
+            match o.get("parameters") {
+                None | Some(Value::Null) => serde_json::Map::new(),
+                Some(Value::Object(p)) => p.clone(),
+                Some(_) => return Err(ApiError::validation("\"parameters\" must be an object")),
+            }
+        }
+        _ => {
+            return Err(ApiError::validation(
+                "body must be a JSON object: {\"parameters\": {...}}",
+            ))
+        }
+    };
+    let (spec, values) = state.catalogue.build(id, &params).map_err(|e| match e {
+        BuildError::NotFound => module_not_found(id),
+        BuildError::Invalid(why) => ApiError::validation(why),
+    })?;
+    let name = state.catalogue.modules[id].name.clone();
+    let spec = spec
+        .label(MODULE_NAME_LABEL, name)
+        .label(PARAMETERS_LABEL, json!(values).to_string());
+    submit(state, spec)
+}
+
+fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
+    let Value::Object(o) = &body else {
+        return Err(ApiError::validation(
+            "body must be a JSON object with \"argv\"",
+        ));
+    };
+    const FIELDS: [&str; 5] = ["argv", "cwd", "env", "timeout_seconds", "grace_seconds"];
+    if let Some(extra) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::validation(format!(
+            "unknown field {extra:?} (allowed: {})",
+            FIELDS.join(", ")
+        )));
+    }
+    let argv: Vec<String> = match o.get("argv") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::validation("\"argv\" must be an array of strings"))?,
+        _ => {
+            return Err(ApiError::validation(
+                "\"argv\" must be a non-empty array of strings",
+            ))
+        }
+    };
+    let mut spec = RunSpec::new(&argv[0]).args(&argv[1..]);
+    match o.get("cwd") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(dir)) => spec = spec.cwd(dir),
+        Some(_) => return Err(ApiError::validation("\"cwd\" must be a string")),
+    }
+    match o.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(env)) => {
+            for (k, v) in env {
+                let v = v.as_str().ok_or_else(|| {
+                    ApiError::validation(format!("env value of {k:?} must be a string"))
+                })?;
+                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                    return Err(ApiError::validation(format!(
+                        "invalid environment variable {k:?}"
+                    )));
+                }
+                spec = spec.env(k, v);
+            }
+        }
+        Some(_) => return Err(ApiError::validation("\"env\" must be an object of strings")),
+    }
+    let seconds = |key: &str| -> Result<Option<Duration>, ApiError> {
+        match o.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                .map(|s| Some(Duration::from_secs_f64(s)))
+                .ok_or_else(|| {
+                    ApiError::validation(format!(
+                        "\"{key}\" must be a non-negative number of seconds"
+                    ))
+                }),
+        }
+    };
+    if let Some(t) = seconds("timeout_seconds")?.filter(|t| !t.is_zero()) {
+        spec = spec.timeout(t);
+    }
+    if let Some(g) = seconds("grace_seconds")? {
+        spec = spec.grace(g);
+    }
+    let params: BTreeMap<&str, &Value> = o.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let spec = spec
+        .label(MODULE_NAME_LABEL, "command")
+        .label(PARAMETERS_LABEL, json!(params).to_string());
+    submit(state, spec)
+}
+
+fn list_runs(state: &AppState, url: &str) -> Result<Reply, ApiError> {
+    let q = query_pairs(url);
+    let status = match query_value(&q, "status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
+            ApiError::validation(format!(
+                "unknown status {s:?} (use queued, running, completed, failed, cancelled or timed_out)"
+            ))
+        })?),
+    };
+    let module_id = query_value(&q, "module_id").filter(|s| !s.is_empty());
+    let limit = query_number(&q, "limit")?.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::validation("limit must be between 1 and 1000"));
+    }
+    let offset = query_number(&q, "offset")?.unwrap_or(0);
+    let mut runs: Vec<_> = state
+        .engine
+        .list()
+        .into_iter()
+        .rev() // newest first
+        .map(|r| r.status())
+        .filter(|s| status.is_none_or(|want| s.status == want))
+        .filter(|s| module_id.is_none_or(|m| s.module_id == m))
+        .collect();
+    let total = runs.len();
+    let page: Vec<Value> = runs
+        .drain(..)
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|s| run_json(&s))
+        .collect();
+    Ok(json_reply(
+        200,
+        &json!({"runs": page, "total": total, "limit": limit, "offset": offset}),
+    ))
+}
+
+fn cancel(state: &AppState, id: &str) -> Result<Reply, ApiError> {
+    let run = find(state, id)?;
+    if !run.cancel() {
+        let s = run.status();
+        return Err(ApiError::new(
+            400,
+            "INVALID_STATE",
+            format!(
+                "run {id} is already {}; only queued or running runs can be cancelled",
+                s.status.as_str()
+            ),
+        ));
+    }
+    // Answer with the state the cancel led to (cancelling, or cancelled for a queued run),
+    // not the one before it; the stop itself goes on in the run's thread.
+    let mut sub = run.subscribe(From::Tail(0));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match sub.next(left) {
+            Next::Status(s) if s.cancelling || s.status.is_finished() => break,
+            Next::End(_) | Next::Timeout => break,
+            _ => {}
+        }
+    }
+    Ok(json_reply(200, &run_json(&run.status())))
+}
+
+fn logs(state: &AppState, id: &str, url: &str) -> Result<Reply, ApiError> {
+    let run = find(state, id)?;
+    let q = query_pairs(url);
+    let tail = query_number(&q, "tail")?.unwrap_or(500).min(MAX_LOG_LINES);
+    let after_seq = query_number(&q, "after_seq")?;
+    let since = match query_value(&q, "since").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(Timestamp::parse(text).ok_or_else(|| {
+            ApiError::validation(format!("since must be an ISO-8601 time, got {text:?}"))
+        })?),
+    };
+    let capture = run.capture();
+    let total = capture.stats().entries;
+    let start = after_seq.map_or(0, |n| n.saturating_add(1));
+    let (logs, truncated) = if since.is_none() && after_seq.is_none() {
+        // The newest `tail` entries.
+        let from = total.saturating_sub(tail);
+        (capture.read(from, tail as usize).0, from > 0)
+    } else {
+        // Everything after the cursor (and since the time); the first `tail` of them.
+        let mut out = Vec::new();
+        let mut cursor = start;
+        let mut truncated = false;
+        while cursor < total {
+            let (batch, _) = capture.read(cursor, 4096);
+            let Some(last) = batch.last() else { break };
+            cursor = last.seq + 1;
+            for e in batch {
+                if since.is_some_and(|t| e.timestamp < t) {
+                    continue;
+                }
+                if out.len() as u64 == tail {
+                    truncated = true;
+                    break;
+                }
+                out.push(e);
+            }
+            if truncated {
+                break;
+            }
+        }
+        (out, truncated)
+    };
+    let entries: Vec<&crate::Entry> = logs.iter().map(|e| e.as_ref()).collect();
+    Ok(json_reply(
+        200,
+        &json!({"run_id": run.id(), "logs": entries, "total_lines": total, "truncated": truncated}),
+    ))
+}
+
+/// Where a stream starts: `Last-Event-ID` (resume after it), `?after_seq=`, `?tail=`, or
+/// the start. A finished run whose client has seen everything gets 204, which stops
+/// EventSource from reconnecting.
+fn stream_start(state: &AppState, id: &str, request: &Request) -> Result<Reply, ApiError> {
+    let run = find(state, id)?;
+    let q = query_pairs(request.url());
+    let last_event_id = request_header(request, "Last-Event-ID")
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                ApiError::validation(format!("Last-Event-ID must be an entry seq, got {v:?}"))
+            })
+        })
+        .transpose()?;
+    let after_seq = query_number(&q, "after_seq")?;
+    let tail = query_number(&q, "tail")?;
+    let from = match (last_event_id.or(after_seq), tail) {
+        (Some(seq), _) => From::AfterSeq(seq),
+        (None, Some(n)) => From::Tail(n),
+        (None, None) => From::Start,
+    };
+    if let From::AfterSeq(seq) = from {
+        if run.capture().is_finished() && seq.saturating_add(1) >= run.capture().stats().entries {
+            return Ok(Reply::Full(
+                Response::from_data(Vec::new()).with_status_code(204),
+            ));
+        }
+    }
+    if state.sse_clients.load(Ordering::SeqCst) >= state.config.max_sse_clients {
+        return Err(ApiError::new(
+            503,
+            "RESOURCE_LIMIT_EXCEEDED",
+            format!(
+                "too many streams open (limit {})",
+                state.config.max_sse_clients
+            ),
+        ));
+    }
+    Ok(Reply::Stream(run, from))
+}
+
+fn stream(
+    state: &AppState,
+    run: RunHandle,
+    from: From,
+    request: Request,
+    cors: &[(&'static str, String)],
+) {
+    state.sse_clients.fetch_add(1, Ordering::SeqCst);
+    let _slot = SseSlot(state);
+    let sub = run.subscribe(from);
+    let headers: Vec<(&str, &str)> = cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    if let Err(e) = sse::stream(
+        request,
+        &run,
+        sub,
+        state.config.keep_alive,
+        state.config.sse_retry,
+        &headers,
+    ) {
+        log::debug!("stream of {} ended: client left ({e})", run.id());
+    }
+}
+
+/// Counts one open SSE connection for as long as it lives.
+struct SseSlot<'a>(&'a AppState);
+
+impl Drop for SseSlot<'_> {
+    fn drop(&mut self) {
+        self.0.sse_clients.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The whole log as text, one `TIMESTAMP [STREAM] MESSAGE` line per entry, read from the
+/// log file for what the ring no longer holds.
+fn download(run: RunHandle, request: Request, cors: &[(&'static str, String)]) {
+    let disposition = format!("attachment; filename=\"{}.log\"", run.id());
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Disposition", &disposition),
+    ];
+    headers.extend(cors.iter().map(|(k, v)| (*k, v.as_str())));
+    let result = (|| -> std::io::Result<()> {
+        let mut out = ChunkedWriter::start(request, "200 OK", &headers)?;
+        let capture = run.capture();
+        let mut cursor = 0;
+        let mut text = String::new();
+        loop {
+            let (batch, _) = capture.read(cursor, 4096);
+            let Some(last) = batch.last() else { break };
+            cursor = last.seq + 1;
+            text.clear();
+            for e in &batch {
+                let stream = match e.stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                    Stream::System => "system",
+                };
+                text.push_str(&format!("{} [{stream}] {}\n", e.timestamp, e.message));
+            }
+            out.chunk(text.as_bytes())?;
+        }
+        out.finish()
+    })();
+    if let Err(e) = result {
+        log::debug!("download of {} ended early: {e}", run.id());
+    }
+}

@@ -1,0 +1,74 @@
+//! Server settings; every default is written once, in `impl Default`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings for [`Server`](super::Server).
+///
+/// ```
+/// use runstream::server::ServerConfig;
+/// let config = ServerConfig::default();
+/// assert_eq!(config.bind.to_string(), "127.0.0.1:8787");
+/// assert_eq!(config.max_sse_clients, 512);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on. Defaults to `127.0.0.1:8787`. Anything but loopback needs a
+    /// `token`.
+    pub bind: SocketAddr,
+    /// When set, every `/api` request and `/metrics` needs `Authorization: Bearer TOKEN`
+    /// (or `?token=TOKEN`, for EventSource). Defaults to `None`.
+    pub token: Option<String>,
+    /// Whether `POST /api/runs` (raw argv) is allowed. Defaults to `false`.
+    pub allow_commands: bool,
+    /// An origin allowed to call the API from a browser (CORS), or `*`. Defaults to none.
+    pub cors_origin: Option<String>,
+    /// Where runs and their logs are kept (`runs/{run_id}.json`, `.jsonl`). Defaults to
+    /// `./runstream-data`.
+    pub data_dir: PathBuf,
+    /// How often an idle SSE stream gets a `: keep-alive` comment. Defaults to 15 s.
+    pub keep_alive: Duration,
+    /// Most SSE connections at once; more get 503. Defaults to 512.
+    pub max_sse_clients: usize,
+    /// Largest request body; larger ones get 413. Defaults to 1 MiB.
+    pub max_body_bytes: usize,
+    /// The `retry:` hint sent to EventSource clients. Defaults to 2 s.
+    pub sse_retry: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            token: None,
+            allow_commands: false,
+            cors_origin: None,
+            data_dir: PathBuf::from("runstream-data"),
+            keep_alive: Duration::from_secs(15),
+            max_sse_clients: 512,
+            max_body_bytes: 1024 * 1024,
+            sse_retry: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = ServerConfig::default();
+        assert_eq!(c.bind, "127.0.0.1:8787".parse().unwrap());
+        assert_eq!(
+            (c.token, c.allow_commands, c.cors_origin),
+            (None, false, None)
+        );
+        assert_eq!(c.data_dir, PathBuf::from("runstream-data"));
+        assert_eq!(c.keep_alive, Duration::from_secs(15));
+        assert_eq!(c.max_sse_clients, 512);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.sse_retry, Duration::from_secs(2));
+    }
+}

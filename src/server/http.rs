@@ -1,0 +1,238 @@
+//! Small HTTP pieces on top of tiny_http: JSON responses, the error body, query strings,
+//! bounded request bodies, and chunked streaming over the raw connection.
+
+use std::io::{self, Read, Write};
+
+use serde_json::{json, Value};
+use tiny_http::{Header, Request, Response};
+
+use crate::Timestamp;
+
+/// An API error: an HTTP status, a machine-readable code and a sentence for people.
+/// Sent as `{"detail", "error_code", "timestamp"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    /// `RUN_NOT_FOUND`, `VALIDATION_ERROR`, …
+    pub code: &'static str,
+    /// What went wrong, for a person.
+    pub detail: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and detail.
+    pub fn new(status: u16, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// 422 `VALIDATION_ERROR`.
+    pub fn validation(detail: impl Into<String>) -> ApiError {
+        ApiError::new(422, "VALIDATION_ERROR", detail)
+    }
+
+    /// 404 `RUN_NOT_FOUND`.
+    pub fn run_not_found(id: &str) -> ApiError {
+        ApiError::new(404, "RUN_NOT_FOUND", format!("run {id:?} not found"))
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"detail": self.detail, "error_code": self.code, "timestamp": Timestamp::now()})
+    }
+}
+
+/// A `Content-Type`-like header.
+pub fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("header names and values are ASCII")
+}
+
+/// A complete response with an in-memory body.
+pub type FullResponse = Response<io::Cursor<Vec<u8>>>;
+
+/// A JSON response.
+pub fn json_response(status: u16, body: &Value) -> FullResponse {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::from_data(bytes)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+}
+
+/// The decoded query string of a URL, as (key, value) pairs.
+pub fn query_pairs(url: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// The path of a URL, without the query, percent-decoded.
+pub fn url_path(url: &str) -> String {
+    percent_decode(url.split('?').next().unwrap_or(""))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The first value of a query parameter.
+pub fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A query parameter as a number, with a clear 422 when it is not one.
+pub fn query_number(pairs: &[(String, String)], key: &str) -> Result<Option<u64>, ApiError> {
+    query_value(pairs, key)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::validation(format!(
+                    "query parameter {key} must be a non-negative integer, got {v:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// The value of a request header.
+pub fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Reads the body as JSON, at most `limit` bytes (413 beyond). An empty body is `null`.
+pub fn read_json_body(request: &mut Request, limit: usize) -> Result<Value, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| {
+            ApiError::new(
+                400,
+                "VALIDATION_ERROR",
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::validation(format!("request body is not valid JSON: {e}")))
+}
+
+/// Writes a response with a chunked body straight to the connection, bypassing
+/// tiny_http's buffering (which holds ~8 KiB before sending anything): each `chunk` goes
+/// out and is flushed at once.
+pub struct ChunkedWriter {
+    out: Box<dyn Write + Send>,
+}
+
+impl ChunkedWriter {
+    /// Takes over the connection and writes the status line and headers. The connection
+    /// is closed after the response (`Connection: close`).
+    pub fn start(
+        request: Request,
+        status: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<ChunkedWriter> {
+        let mut out = request.into_writer();
+        let mut head =
+            format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        out.write_all(head.as_bytes())?;
+        out.flush()?;
+        Ok(ChunkedWriter { out })
+    }
+
+    /// Sends one chunk and flushes it. An error means the client is gone.
+    pub fn chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        write!(self.out, "{:x}\r\n", data.len())?;
+        self.out.write_all(data)?;
+        self.out.write_all(b"\r\n")?;
+        self.out.flush()
+    }
+
+    /// Ends the body (the zero-length chunk).
+    pub fn finish(mut self) -> io::Result<()> {
+        self.out.write_all(b"0\r\n\r\n")?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_decoded() {
+        let q = query_pairs("/x?tail=5&since=2026-11-26T10%3A00%3A00Z&a+b=c%20d&flag&bad=%zz&u=%é");
+        assert_eq!(query_value(&q, "tail"), Some("5"));
+        assert_eq!(query_value(&q, "since"), Some("2026-11-26T10:00:00Z"));
+        assert_eq!(query_value(&q, "a b"), Some("c d"));
+        assert_eq!(query_value(&q, "flag"), Some(""));
+        assert_eq!(query_value(&q, "bad"), Some("%zz"));
+        assert_eq!(url_path("/api/runs/a%20b?x=1"), "/api/runs/a b");
+        assert!(query_number(&q, "since").is_err());
+        assert_eq!(query_number(&q, "tail"), Ok(Some(5)));
+    }
+}

@@ -1,0 +1,182 @@
+//! The HTTP server (feature `server`): JSON API, SSE streams and the web page on
+//! tiny_http, one thread per request and per stream.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use runstream::{Engine, EngineConfig};
+//! use runstream::server::{Catalogue, Server, ServerConfig};
+//!
+//! let engine = Arc::new(Engine::new(EngineConfig {
+//!     log_dir: Some("runstream-data/runs".into()),
+//!     ..EngineConfig::default()
+//! }));
+//! let server = Server::start(engine, Catalogue::default(), ServerConfig::default()).unwrap();
+//! println!("listening on http://{}", server.addr());
+//! server.wait();
+//! ```
+
+mod api;
+mod auth;
+mod config;
+mod http;
+mod metrics;
+mod modules;
+mod run_json;
+mod sse;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use config::ServerConfig;
+pub use http::ApiError;
+pub use modules::{BuildError, Catalogue, Module, ParamType, Parameter};
+pub use run_json::run_json;
+
+use crate::gpu::GpuMonitor;
+use crate::Engine;
+
+/// What every request handler shares.
+pub(crate) struct AppState {
+    engine: Arc<Engine>,
+    catalogue: Catalogue,
+    config: ServerConfig,
+    started: Instant,
+    sse_clients: AtomicUsize,
+    shutting_down: AtomicBool,
+    gpu: GpuMonitor,
+}
+
+/// A running server. Stop it with [`Server::shutdown`].
+pub struct Server {
+    state: Arc<AppState>,
+    http: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Loads the runs on disk (from the engine's log directory), binds `config.bind` and
+    /// starts answering requests on a background thread.
+    ///
+    /// Refuses to bind a non-loopback address without a token.
+    pub fn start(
+        engine: Arc<Engine>,
+        catalogue: Catalogue,
+        config: ServerConfig,
+    ) -> Result<Server, String> {
+        if !config.bind.ip().is_loopback() && config.token.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "refusing to listen on {} without a token: anyone who can reach it could run \
+                 programs here. Pass --token (or RUNSTREAM_TOKEN), or bind 127.0.0.1",
+                config.bind
+            ));
+        }
+        catalogue.check()?;
+        if let Some(dir) = engine.config().log_dir.clone() {
+            let (loaded, lost) = store::recover(&engine, &dir, engine.config().default_grace);
+            if loaded > 0 {
+                log::info!(
+                    "loaded {loaded} runs from {} ({lost} were live when the server stopped)",
+                    dir.display()
+                );
+            }
+        }
+        let http = tiny_http::Server::http(config.bind)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| "the server is not on an IP socket".to_string())?;
+        let http = Arc::new(http);
+        let state = Arc::new(AppState {
+            engine,
+            catalogue,
+            config,
+            started: Instant::now(),
+            sse_clients: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            gpu: GpuMonitor::default(),
+        });
+        let accept = {
+            let (http, state) = (Arc::clone(&http), Arc::clone(&state));
+            std::thread::Builder::new()
+                .name("runstream-http".into())
+                .spawn(move || accept_loop(&http, &state))
+                .map_err(|e| format!("cannot start the server thread: {e}"))?
+        };
+        Ok(Server {
+            state,
+            http,
+            addr,
+            accept: Mutex::new(Some(accept)),
+        })
+    }
+
+    /// The address it listens on (with the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The engine it serves.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.state.engine
+    }
+
+    /// Open SSE streams now.
+    pub fn sse_clients(&self) -> usize {
+        self.state.sse_clients.load(Ordering::SeqCst)
+    }
+
+    /// Graceful stop: stop accepting connections, cancel every run (each with its grace
+    /// period; whatever is alive at `deadline` is killed), let every stream send its
+    /// `complete`, then return. Run states are already on disk.
+    pub fn shutdown(&self, deadline: Duration) {
+        self.state.shutting_down.store(true, Ordering::SeqCst);
+        self.http.unblock();
+        self.state.engine.shutdown(deadline);
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.sse_clients() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(accept) = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = accept.join();
+        }
+    }
+
+    /// Blocks until the server stops accepting (after [`Server::shutdown`]).
+    pub fn wait(&self) {
+        let accept = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(accept) = accept {
+            let _ = accept.join();
+        }
+    }
+}
+
+fn accept_loop(http: &tiny_http::Server, state: &Arc<AppState>) {
+    loop {
+        match http.recv() {
+            Ok(request) => {
+                let state = Arc::clone(state);
+                let spawned = std::thread::Builder::new()
+                    .name("runstream-request".into())
+                    .spawn(move || api::handle(&state, request));
+                if let Err(e) = spawned {
+                    log::error!("cannot start a request thread: {e}");
+                }
+            }
+            Err(e) => {
+                if !state.shutting_down.load(Ordering::SeqCst) {
+                    log::error!("accepting connections failed: {e}");
+                }
+                return;
+            }
+        }
+        if state.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}

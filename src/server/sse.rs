@@ -1,0 +1,61 @@
+//! Server-Sent Events for one run: one thread per connection, a `Subscription` cursor over
+//! the run's capture, chunked writes flushed after every event.
+
+use std::fmt::Write as _;
+use std::io;
+use std::time::Duration;
+
+use tiny_http::Request;
+
+use super::http::ChunkedWriter;
+use super::run_json::{complete_json, run_json};
+use crate::{Next, RunHandle, Subscription};
+
+/// Streams `sub` to the client until the run ends (then `complete` and the chunked
+/// terminator) or the client leaves (a write fails). Idle streams get a keep-alive
+/// comment every `keep_alive`.
+pub fn stream(
+    request: Request,
+    run: &RunHandle,
+    mut sub: Subscription,
+    keep_alive: Duration,
+    retry: Duration,
+    extra_headers: &[(&str, &str)],
+) -> io::Result<()> {
+    let mut headers = vec![
+        ("Content-Type", "text/event-stream"),
+        ("Cache-Control", "no-cache"),
+        ("X-Accel-Buffering", "no"),
+    ];
+    headers.extend_from_slice(extra_headers);
+    let mut out = ChunkedWriter::start(request, "200 OK", &headers)?;
+    out.chunk(format!("retry: {}\n\n", retry.as_millis()).as_bytes())?;
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        match sub.next(keep_alive) {
+            Next::Entries(entries) => {
+                for e in &entries {
+                    let _ = write!(buf, "id: {}\nevent: log\ndata: {}\n\n", e.seq, e.json());
+                }
+            }
+            Next::Gap { from_seq, to_seq } => {
+                let _ = write!(
+                    buf,
+                    "event: gap\ndata: {{\"from_seq\":{from_seq},\"to_seq\":{to_seq}}}\n\n"
+                );
+            }
+            Next::Status(status) => {
+                let _ = write!(buf, "event: status\ndata: {}\n\n", run_json(&status));
+            }
+            Next::End(status) => {
+                let _ = write!(buf, "event: complete\ndata: {}\n\n", complete_json(&status));
+                out.chunk(buf.as_bytes())?;
+                log::debug!("stream of {} complete", run.id());
+                return out.finish();
+            }
+            Next::Timeout => buf.push_str(": keep-alive\n\n"),
+        }
+        out.chunk(buf.as_bytes())?;
+    }
+}

@@ -1,0 +1,87 @@
+//! Runs on disk after a restart: finished runs are listed again with their logs; runs that
+//! were live when the server died are marked failed and what is left of their process
+//! groups is terminated.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::process::{self, Signal};
+use crate::{Engine, RunState, RunStatus, Timestamp};
+
+/// Error message of a run that was live when the server stopped.
+pub const LOST_RUN_MESSAGE: &str = "server stopped while the run was live";
+
+/// Loads every `{run_id}.json` under `dir` into `engine`, oldest first. Returns how many
+/// runs were loaded and how many of them had been live.
+pub fn recover(engine: &Engine, dir: &Path, grace: Duration) -> (usize, usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let mut statuses: Vec<RunStatus> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            match serde_json::from_str::<RunStatus>(&text) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::warn!("skipping {}: not a run status ({e})", p.display());
+                    None
+                }
+            }
+        })
+        .collect();
+    statuses.sort_by_key(|s| s.created_at);
+    let mut lost = 0;
+    for mut status in statuses {
+        if !status.status.is_finished() {
+            lost += 1;
+            terminate_leftovers(&status, grace);
+            status.status = RunState::Failed;
+            status.cancelling = false;
+            status.error_message = Some(LOST_RUN_MESSAGE.into());
+            status.completed_at = Some(Timestamp::now());
+            status.refresh_duration();
+            crate::logfile::save_status(&dir.join(format!("{}.json", status.run_id)), &status);
+        }
+        let log = dir.join(format!("{}.jsonl", status.run_id));
+        let id = status.run_id.clone();
+        if let Err(e) = engine.adopt_finished(status, &log) {
+            log::warn!("cannot load the log of {id}: {e}");
+        }
+    }
+    (engine.list().len(), lost)
+}
+
+/// SIGTERM, then SIGKILL after `grace`, to what is left of a lost run's process group, in
+/// the background. The group is only touched when its leader is gone or is still the
+/// very process we started (same start time): a reused pid is never signalled.
+fn terminate_leftovers(status: &RunStatus, grace: Duration) {
+    let Some(pgid) = status.pid else { return };
+    if let Some(leader) = process::proc_stat(pgid) {
+        if status.process_start_time != Some(leader.start_time) || leader.pgid != pgid {
+            return; // the pid now belongs to another process
+        }
+    }
+    if process::live_group_members(pgid).is_empty() {
+        return;
+    }
+    log::warn!(
+        "run {}: terminating what is left of process group {pgid}",
+        status.run_id
+    );
+    let _ = process::signal_group(pgid, Signal::Term);
+    let run_id = status.run_id.clone();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if process::live_group_members(pgid).is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        log::warn!("run {run_id}: grace period ended, sending SIGKILL to process group {pgid}");
+        let _ = process::signal_group(pgid, Signal::Kill);
+    });
+}
