@@ -2,4 +2,6 @@
 
 mod cli;
 mod engine;
+mod server;
+mod sse_client;
 mod util;

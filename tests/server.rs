@@ -1,0 +1,703 @@
+//! The HTTP API and SSE streams of an in-process server on 127.0.0.1:0, spoken to over
+//! real HTTP.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use runstream::server::{Catalogue, Server, ServerConfig};
+use runstream::{Engine, EngineConfig};
+use serde_json::{json, Value};
+
+use crate::sse_client::SseClient;
+use crate::util::PATIENCE;
+
+struct TestServer {
+    server: Server,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.server.shutdown(Duration::from_secs(5));
+    }
+}
+
+fn catalogue(dir: &std::path::Path) -> Catalogue {
+    let gate = dir.join("gate");
+    serde_json::from_value(json!({"modules": {
+        "lines": {"name": "Lines", "program": "seq", "args": ["1", "{count}"],
+                  "parameters": {"count": {"type": "integer", "default": 3, "min": 1, "max": 10000000}}},
+        "wait": {"name": "Wait", "program": "sh", "args": ["-c", "echo first; exec sleep 100"], "grace_seconds": 5},
+        "echo": {"name": "Echo", "program": "printf", "args": ["%s\\n", "{text}"],
+                 "parameters": {"text": {"type": "string", "pattern": "[^A-Z]*"},
+                                "mode": {"type": "string", "enum": ["a", "b"], "default": "a"}}},
+        "gated": {"name": "Gated", "program": "sh",
+                  "args": ["-c", "seq 1 \"$FIRST\"; while [ ! -e \"$GATE\" ]; do sleep 0.01; done; seq 1 \"$SECOND\""],
+                  "env": {"GATE": gate.to_str().unwrap(), "FIRST": "50", "SECOND": "50"}},
+        "gated_big": {"name": "Gated big", "program": "sh",
+                  "args": ["-c", "while [ ! -e \"$GATE\" ]; do sleep 0.01; done; seq 1 20000"],
+                  "env": {"GATE": gate.to_str().unwrap()}}
+    }}))
+    .unwrap()
+}
+
+fn start_with(engine: EngineConfig, config: ServerConfig) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::new(EngineConfig {
+        log_dir: Some(dir.path().join("runs")),
+        ..engine
+    }));
+    let server = Server::start(
+        engine,
+        catalogue(dir.path()),
+        ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..config
+        },
+    )
+    .unwrap();
+    let base = format!("http://{}", server.addr());
+    TestServer { server, base, dir }
+}
+
+fn start() -> TestServer {
+    start_with(EngineConfig::default(), ServerConfig::default())
+}
+
+impl TestServer {
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.call_with(method, path, body, &[])
+    }
+
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let text = resp.into_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn start_module(&self, id: &str, params: Value) -> String {
+        let (status, run) = self.call(
+            "POST",
+            &format!("/api/modules/{id}/run"),
+            Some(&json!({"parameters": params}).to_string()),
+        );
+        assert_eq!(status, 202, "{run}");
+        run["run_id"].as_str().unwrap().to_string()
+    }
+
+    fn wait_finished(&self, id: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (_, run) = self.call("GET", &format!("/api/runs/{id}"), None);
+            if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "run {id} did not finish");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sse(&self, id: &str, query: &str, headers: &[&str]) -> SseClient {
+        SseClient::connect(
+            self.server.addr(),
+            &format!("/api/runs/{id}/logs/stream{query}"),
+            headers,
+        )
+    }
+
+    fn open_gate(&self) {
+        std::fs::write(self.dir.path().join("gate"), "").unwrap();
+    }
+}
+
+fn assert_error(resp: (u16, Value), status: u16, code: &str) {
+    assert_eq!(resp.0, status, "{}", resp.1);
+    assert_eq!(resp.1["error_code"], code, "{}", resp.1);
+    assert!(resp.1["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(resp.1["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+}
+
+#[test]
+fn endpoints_answer_with_the_documented_shapes_and_errors() {
+    let s = start();
+    let (status, health) = s.call("GET", "/api/health", None);
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["total_modules"], 5);
+    for key in ["version", "uptime_seconds", "active_runs"] {
+        assert!(health.get(key).is_some(), "{key}");
+    }
+    let (_, modules) = s.call("GET", "/api/modules", None);
+    let lines = modules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "lines")
+        .unwrap()
+        .clone();
+    assert_eq!(lines["parameters"]["count"]["default"], 3);
+
+    let id = s.start_module("lines", json!({"count": 5}));
+    assert!(id.starts_with("run_") && id.contains("_lines_"), "{id}");
+    let run = s.wait_finished(&id);
+    for key in [
+        "run_id",
+        "module_id",
+        "module_name",
+        "status",
+        "cancelling",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "duration_seconds",
+        "exit_code",
+        "signal",
+        "pid",
+        "error_message",
+        "parameters",
+        "progress_percent",
+    ] {
+        assert!(run.get(key).is_some(), "Run lacks {key}: {run}");
+    }
+    assert_eq!(
+        (run["status"].as_str(), run["exit_code"].as_i64()),
+        (Some("completed"), Some(0))
+    );
+    assert_eq!(run["module_name"], "Lines");
+    assert_eq!(run["parameters"], json!({"count": 5}));
+
+    let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs?tail=2"), None);
+    assert_eq!(logs["total_lines"], 6);
+    assert_eq!(logs["truncated"], true);
+    let msgs: Vec<_> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(msgs, ["5", "exited with code 0"]);
+    let (_, logs) = s.call(
+        "GET",
+        &format!("/api/runs/{id}/logs?after_seq=1&tail=2"),
+        None,
+    );
+    let seqs: Vec<_> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 3]);
+    let (_, logs) = s.call(
+        "GET",
+        &format!("/api/runs/{id}/logs?since=2000-01-01T00:00:00Z"),
+        None,
+    );
+    assert_eq!(logs["logs"].as_array().unwrap().len(), 6);
+    assert_error(
+        s.call("GET", &format!("/api/runs/{id}/logs?since=yesterday"), None),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call("GET", &format!("/api/runs/{id}/logs?tail=-1"), None),
+        422,
+        "VALIDATION_ERROR",
+    );
+
+    let download = ureq::get(&format!("{}/api/runs/{id}/logs/download", s.base))
+        .call()
+        .unwrap();
+    assert!(download
+        .header("Content-Disposition")
+        .unwrap()
+        .contains(&format!("{id}.log")));
+    assert!(download.content_type().starts_with("text/plain"));
+    let text = download.into_string().unwrap();
+    assert_eq!(text.lines().count(), 6);
+    assert!(
+        text.lines().next().unwrap().ends_with("[stdout] 1"),
+        "{text}"
+    );
+
+    let (_, list) = s.call(
+        "GET",
+        "/api/runs?status=completed&module_id=lines&limit=10",
+        None,
+    );
+    assert_eq!(
+        (
+            list["total"].as_u64(),
+            list["limit"].as_u64(),
+            list["offset"].as_u64()
+        ),
+        (Some(1), Some(10), Some(0))
+    );
+    assert_eq!(list["runs"][0]["run_id"], id.as_str());
+    let (_, list) = s.call("GET", "/api/runs?status=failed", None);
+    assert_eq!(list["total"], 0);
+    assert_error(
+        s.call("GET", "/api/runs?status=bogus", None),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call("GET", "/api/runs?limit=0", None),
+        422,
+        "VALIDATION_ERROR",
+    );
+
+    assert_error(
+        s.call("GET", "/api/runs/run_nope", None),
+        404,
+        "RUN_NOT_FOUND",
+    );
+    assert_error(
+        s.call("GET", "/api/runs/run_nope/logs/stream", None),
+        404,
+        "RUN_NOT_FOUND",
+    );
+    assert_error(
+        s.call("POST", "/api/modules/nope/run", Some("{}")),
+        404,
+        "MODULE_NOT_FOUND",
+    );
+    assert_error(
+        s.call(
+            "POST",
+            "/api/modules/lines/run",
+            Some(r#"{"parameters": {"count": 0}}"#),
+        ),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call(
+            "POST",
+            "/api/modules/lines/run",
+            Some(r#"{"parameters": {"count": "3"}}"#),
+        ),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call(
+            "POST",
+            "/api/modules/lines/run",
+            Some(r#"{"parameters": {"bogus": 1}}"#),
+        ),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call(
+            "POST",
+            "/api/modules/echo/run",
+            Some(r#"{"parameters": {"text": "UP"}}"#),
+        ),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call(
+            "POST",
+            "/api/modules/echo/run",
+            Some(r#"{"parameters": {"text": "x", "mode": "c"}}"#),
+        ),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call(
+            "POST",
+            "/api/modules/echo/run",
+            Some(r#"{"parameters": {}}"#),
+        ),
+        422,
+        "VALIDATION_ERROR",
+    );
+    assert_error(
+        s.call("POST", "/api/modules/lines/run", Some("{not json")),
+        422,
+        "VALIDATION_ERROR",
+    );
+    let big = format!("{{\"parameters\": {{\"x\": \"{}\"}}}}", "a".repeat(2 << 20));
+    assert_error(
+        s.call("POST", "/api/modules/lines/run", Some(&big)),
+        413,
+        "PAYLOAD_TOO_LARGE",
+    );
+    assert_error(s.call("GET", "/api/nothing", None), 404, "NOT_FOUND");
+    assert_error(
+        s.call("PUT", "/api/runs", Some("{}")),
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
+    assert_error(
+        s.call("DELETE", &format!("/api/runs/{id}"), None),
+        400,
+        "INVALID_STATE",
+    );
+    assert_error(
+        s.call("POST", &format!("/api/runs/{id}/cancel"), None),
+        400,
+        "INVALID_STATE",
+    );
+    assert_error(
+        s.call("POST", "/api/runs", Some(r#"{"argv": ["true"]}"#)),
+        403,
+        "FORBIDDEN",
+    );
+
+    let (status, stats) = s.call("GET", "/api/system/stats", None);
+    assert_eq!(status, 200);
+    assert_eq!(stats["runs"]["by_status"]["completed"], 1);
+    assert!(stats["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    let (status, gpu) = s.call("GET", "/api/gpu", None);
+    assert_eq!(status, 200);
+    assert!(gpu["available"].is_boolean());
+    if gpu["available"] == false {
+        assert!(gpu["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    let (status, metrics) = s.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap().to_string();
+    for line in [
+        "runstream_runs{state=\"completed\"} 1",
+        "runstream_live_runs 0",
+        "runstream_queued_runs 0",
+        "runstream_sse_clients 0",
+        "runstream_entries_captured_total 6",
+        "runstream_lines_dropped_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    let page = ureq::get(&s.base).call().unwrap();
+    assert!(page.content_type().starts_with("text/html"));
+}
+
+#[test]
+fn a_parameter_is_one_literal_argument() {
+    let s = start();
+    let id = s.start_module("echo", json!({"text": "; rm -rf / $(whoami) `id`"}));
+    s.wait_finished(&id);
+    let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
+    assert_eq!(logs["logs"][0]["message"], "; rm -rf / $(whoami) `id`");
+    assert_eq!(logs["logs"][0]["stream"], "stdout");
+}
+
+#[test]
+fn sse_delivers_each_line_live_then_status_and_one_complete() {
+    let s = start();
+    let id = s.start_module("wait", json!({}));
+    let mut client = s.sse(&id, "", &[]);
+    assert_eq!(client.status, 200);
+    assert_eq!(client.header("content-type"), Some("text/event-stream"));
+    assert_eq!(client.header("cache-control"), Some("no-cache"));
+    assert_eq!(client.header("x-accel-buffering"), Some("no"));
+    let seen = client.until(|e| e.event == "log");
+    assert_eq!(seen[0].event, "retry");
+    assert!(
+        seen.iter()
+            .any(|e| e.event == "status" && e.json()["status"] == "running"),
+        "{seen:?}"
+    );
+    let first = seen.last().unwrap();
+    assert_eq!(
+        (first.id, first.json()["message"].as_str()),
+        (Some(0), Some("first"))
+    );
+    // A few bytes, long before 8 KiB, and the child is still running.
+    assert_eq!(
+        s.call("GET", &format!("/api/runs/{id}"), None).1["status"],
+        "running"
+    );
+
+    let (status, run) = s.call("POST", &format!("/api/runs/{id}/cancel"), None);
+    assert_eq!(status, 200);
+    assert!(
+        run["cancelling"] == true || run["status"] == "cancelled",
+        "{run}"
+    );
+    let rest = client.rest();
+    assert!(client.ended, "the chunked body was terminated");
+    let statuses: Vec<_> = rest
+        .iter()
+        .filter(|e| e.event == "status")
+        .map(|e| e.json())
+        .collect();
+    assert!(
+        statuses.iter().any(|s| s["cancelling"] == true),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last().unwrap()["status"], "cancelled");
+    let completes: Vec<_> = rest.iter().filter(|e| e.event == "complete").collect();
+    assert_eq!(completes.len(), 1);
+    assert_eq!(completes[0].json()["status"], "cancelled");
+    assert_eq!(rest.last().unwrap().event, "complete");
+}
+
+#[test]
+fn resume_continues_after_last_event_id_without_duplicates_or_holes() {
+    let s = start();
+    let id = s.start_module("gated", json!({}));
+    let mut first = s.sse(&id, "", &[]);
+    let seen = first.until(|e| e.id == Some(20));
+    drop(first); // the client goes away mid-stream
+    let mut seqs: Vec<u64> = seen.iter().filter_map(|e| e.id).collect();
+    let mut second = s.sse(&id, "", &["Last-Event-ID: 20"]);
+    assert_eq!(second.status, 200);
+    let next = second.until(|e| e.event == "log");
+    assert_eq!(next.last().unwrap().id, Some(21));
+    seqs.push(21);
+    s.open_gate();
+    let rest = second.rest();
+    seqs.extend(
+        rest.iter()
+            .filter(|e| e.event == "log")
+            .filter_map(|e| e.id),
+    );
+    assert_eq!(rest.last().unwrap().event, "complete");
+    let last = *seqs.last().unwrap();
+    assert_eq!(
+        seqs,
+        (0..=last).collect::<Vec<_>>(),
+        "every seq exactly once"
+    );
+    assert_eq!(last, 100, "100 lines and the exit entry");
+
+    // A client that has seen everything gets 204, which stops EventSource.
+    let done = s.sse(&id, "", &[&format!("Last-Event-ID: {last}")]);
+    assert_eq!(done.status, 204);
+    // ?after_seq= and ?tail= on the finished run.
+    let mut after = s.sse(&id, "?after_seq=95", &[]);
+    let ids: Vec<_> = after.rest().iter().filter_map(|e| e.id).collect();
+    assert_eq!(ids, [96, 97, 98, 99, 100]);
+    let mut tail = s.sse(&id, "?tail=2", &[]);
+    let ids: Vec<_> = tail.rest().iter().filter_map(|e| e.id).collect();
+    assert_eq!(ids, [99, 100]);
+    let bad = s.sse(&id, "", &["Last-Event-ID: x"]);
+    assert_eq!(bad.status, 422);
+}
+
+#[test]
+fn with_a_data_dir_resume_from_zero_works_after_the_ring_evicted_it() {
+    let s = start_with(
+        EngineConfig {
+            ring_max_entries: 100,
+            ..EngineConfig::default()
+        },
+        ServerConfig::default(),
+    );
+    let id = s.start_module("lines", json!({"count": 5000}));
+    s.wait_finished(&id);
+    let mut client = s.sse(&id, "", &[]);
+    let events = client.rest();
+    assert!(events.iter().all(|e| e.event != "gap"));
+    let seqs: Vec<_> = events.iter().filter_map(|e| e.id).collect();
+    assert_eq!(seqs, (0..=5000).collect::<Vec<_>>());
+    let mut resumed = s.sse(&id, "", &["Last-Event-ID: 9"]);
+    assert_eq!(
+        resumed.until(|e| e.event == "log").last().unwrap().id,
+        Some(10)
+    );
+}
+
+#[test]
+fn keep_alives_flow_and_departed_clients_are_noticed() {
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            keep_alive: Duration::from_millis(50),
+            ..ServerConfig::default()
+        },
+    );
+    let id = s.start_module("wait", json!({}));
+    let mut clients: Vec<_> = (0..10).map(|_| s.sse(&id, "", &[])).collect();
+    for c in &mut clients {
+        c.until(|e| e.event == "log");
+    }
+    clients[0].until(|e| e.event == ":" && e.data == "keep-alive");
+    assert_eq!(s.server.sse_clients(), 10);
+    drop(clients);
+    let deadline = Instant::now() + PATIENCE;
+    while s.server.sse_clients() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} stream threads still open",
+            s.server.sse_clients()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn fan_out_200_clients_each_get_every_line_once_in_order() {
+    let s = start();
+    let id = s.start_module("gated_big", json!({}));
+    // One client that never reads: it must not delay the others or the child.
+    let mut stalled = s.sse(&id, "", &[]);
+    stalled.until(|e| e.event == "status");
+    let readers: Vec<_> = (0..200)
+        .map(|_| {
+            let mut c = s.sse(&id, "", &[]);
+            assert_eq!(c.status, 200);
+            c.until(|e| e.event == "status");
+            thread::spawn(move || {
+                let mut expected = 0u64;
+                for e in std::iter::from_fn(|| c.next_event()) {
+                    if e.event == "log" {
+                        assert_eq!(e.id, Some(expected), "in order, exactly once");
+                        expected += 1;
+                    }
+                }
+                expected
+            })
+        })
+        .collect();
+    s.open_gate();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), 20_001, "20 000 lines and the exit entry");
+    }
+    assert_eq!(s.wait_finished(&id)["status"], "completed");
+    drop(stalled);
+}
+
+#[test]
+fn tokens_guard_the_api_and_cors_is_opt_in() {
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            token: Some("s3cret".into()),
+            cors_origin: Some("http://app.example".into()),
+            ..ServerConfig::default()
+        },
+    );
+    assert_error(s.call("GET", "/api/health", None), 401, "UNAUTHORIZED");
+    assert_error(
+        s.call_with(
+            "GET",
+            "/api/health",
+            None,
+            &[("Authorization", "Bearer wrong")],
+        ),
+        401,
+        "UNAUTHORIZED",
+    );
+    assert_error(s.call("GET", "/metrics", None), 401, "UNAUTHORIZED");
+    assert_eq!(
+        s.call_with(
+            "GET",
+            "/api/health",
+            None,
+            &[("Authorization", "Bearer s3cret")]
+        )
+        .0,
+        200
+    );
+    assert_eq!(s.call("GET", "/api/health?token=s3cret", None).0, 200);
+    assert_eq!(
+        ureq::get(&s.base).call().unwrap().status(),
+        200,
+        "the page itself is public"
+    );
+    let resp = ureq::get(&format!("{}/api/health?token=s3cret", s.base))
+        .set("Origin", "http://app.example")
+        .call()
+        .unwrap();
+    assert_eq!(
+        resp.header("Access-Control-Allow-Origin"),
+        Some("http://app.example")
+    );
+    let resp = ureq::get(&format!("{}/api/health?token=s3cret", s.base))
+        .set("Origin", "http://evil.example")
+        .call()
+        .unwrap();
+    assert_eq!(resp.header("Access-Control-Allow-Origin"), None);
+    let preflight = ureq::request("OPTIONS", &format!("{}/api/runs", s.base))
+        .set("Origin", "http://app.example")
+        .call()
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert!(preflight
+        .header("Access-Control-Allow-Headers")
+        .unwrap()
+        .contains("Authorization"));
+
+    let no_token = Server::start(
+        Arc::new(Engine::new(EngineConfig::default())),
+        Catalogue::default(),
+        ServerConfig {
+            bind: "0.0.0.0:0".parse().unwrap(),
+            ..ServerConfig::default()
+        },
+    );
+    assert!(no_token.err().unwrap().contains("without a token"));
+}
+
+#[test]
+fn raw_commands_need_allow_commands_and_are_validated() {
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            allow_commands: true,
+            ..ServerConfig::default()
+        },
+    );
+    let (status, run) = s.call(
+        "POST",
+        "/api/runs",
+        Some(r#"{"argv": ["sh", "-c", "echo $GREETING; sleep 100"], "env": {"GREETING": "hi"}, "timeout_seconds": 0.3, "grace_seconds": 0}"#),
+    );
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(run["module_id"], "cmd");
+    let id = run["run_id"].as_str().unwrap();
+    assert!(id.contains("_cmd_"));
+    let run = s.wait_finished(id);
+    assert_eq!(run["status"], "timed_out");
+    let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
+    assert_eq!(logs["logs"][0]["message"], "hi");
+    for bad in [
+        r#"{"argv": []}"#,
+        r#"{"argv": "ls"}"#,
+        r#"{"argv": [1]}"#,
+        r#"{"argv": ["ls"], "timeout_seconds": -1}"#,
+        r#"{"argv": ["ls"], "bogus": 1}"#,
+        "[]",
+    ] {
+        assert_error(
+            s.call("POST", "/api/runs", Some(bad)),
+            422,
+            "VALIDATION_ERROR",
+        );
+    }
+}
