@@ -54,6 +54,11 @@ mod spec;
 mod status;
 mod timestamp;
 
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use capture::{CaptureStats, Event, From, Next, OutputCapture, Subscription};
 pub use config::EngineConfig;
 pub use engine::{Engine, RunHandle, SubmitError};
