@@ -38,6 +38,14 @@ pub enum Next {
     },
     /// The run's state changed (or, first, the state it is in when the subscription starts).
     Status(RunStatus),
+    /// The run's GPU memory changed. Like a gauge, changes between two reads are
+    /// coalesced: the latest numbers come once.
+    Gpu {
+        /// GPU memory its process group uses now, bytes.
+        memory_bytes: u64,
+        /// The most it used, bytes.
+        peak_bytes: u64,
+    },
     /// The run is over and every entry was handed out; later calls return `End` again.
     End(RunStatus),
     /// Nothing happened within the timeout (time for an SSE keep-alive).
@@ -58,6 +66,13 @@ pub enum Event {
     },
     /// The run's state changed.
     Status(RunStatus),
+    /// The run's GPU memory changed.
+    Gpu {
+        /// GPU memory its process group uses now, bytes.
+        memory_bytes: u64,
+        /// The most it used, bytes.
+        peak_bytes: u64,
+    },
     /// The run is over; the iterator ends after this.
     End(RunStatus),
 }
@@ -102,6 +117,8 @@ struct CaptureState {
     finished: bool,
     bytes_captured: u64,
     dropped: u64,
+    /// Bumped on every GPU memory change, so subscribers notice one.
+    gpu_version: u64,
 }
 
 impl CaptureState {
@@ -135,6 +152,7 @@ impl OutputCapture {
                 finished: false,
                 bytes_captured: 0,
                 dropped: 0,
+                gpu_version: 0,
             }),
             changed: Condvar::new(),
         }
@@ -210,6 +228,16 @@ impl OutputCapture {
                 crate::logfile::save_status(path, &snapshot);
             }
         }
+    }
+
+    /// Records the run's GPU memory and tells subscribers.
+    pub(crate) fn update_gpu(&self, memory_bytes: u64, peak_bytes: u64) {
+        let mut s = self.lock();
+        s.current.gpu_memory_bytes = Some(memory_bytes);
+        s.current.gpu_memory_peak_bytes = Some(peak_bytes);
+        s.gpu_version += 1;
+        drop(s);
+        self.changed.notify_all();
     }
 
     /// Records the final status and wakes everyone: no more entries will come.
@@ -314,10 +342,12 @@ impl OutputCapture {
             .iter()
             .rposition(|(at, _)| *at <= cursor)
             .unwrap_or(0);
+        let gpu_version = s.gpu_version;
         drop(s);
         Subscription {
             capture: Arc::clone(capture),
             cursor,
+            gpu_version,
             next_transition,
             buffered: VecDeque::new(),
             ended: false,
@@ -347,6 +377,7 @@ impl OutputCapture {
 pub struct Subscription {
     capture: Arc<OutputCapture>,
     cursor: u64,
+    gpu_version: u64,
     next_transition: usize,
     buffered: VecDeque<Event>,
     ended: bool,
@@ -371,6 +402,13 @@ impl Subscription {
                     return Next::Status(status.clone());
                 }
                 entry_limit = *at;
+            }
+            if s.gpu_version != self.gpu_version && !s.finished {
+                self.gpu_version = s.gpu_version;
+                return Next::Gpu {
+                    memory_bytes: s.current.gpu_memory_bytes.unwrap_or(0),
+                    peak_bytes: s.current.gpu_memory_peak_bytes.unwrap_or(0),
+                };
             }
             let first = s.first_seq();
             if self.cursor < s.next_seq {
@@ -450,6 +488,15 @@ impl Iterator for Subscription {
                 }
                 Next::Gap { from_seq, to_seq } => return Some(Event::Gap { from_seq, to_seq }),
                 Next::Status(status) => return Some(Event::Status(status)),
+                Next::Gpu {
+                    memory_bytes,
+                    peak_bytes,
+                } => {
+                    return Some(Event::Gpu {
+                        memory_bytes,
+                        peak_bytes,
+                    })
+                }
                 Next::End(status) => return Some(Event::End(status)),
                 Next::Timeout => {}
             }

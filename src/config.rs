@@ -1,7 +1,10 @@
 //! Engine-wide settings; every default is written once, in `impl Default`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::gpu::GpuSource;
 
 /// Settings for an [`Engine`](crate::Engine).
 ///
@@ -39,6 +42,12 @@ pub struct EngineConfig {
     /// A partial line (no newline yet) is handed out as an `end: none` entry once its
     /// stream has been quiet this long. Defaults to 100 ms.
     pub partial_flush: Duration,
+    /// Where GPU readings come from. Defaults to `None`: NVML when built with the `gpu`
+    /// feature (and a source that reports "no GPU" without it).
+    pub gpu_source: Option<Arc<dyn GpuSource>>,
+    /// How often GPUs are sampled while runs are live or wait for GPU memory. Defaults to
+    /// 1 s.
+    pub gpu_sample_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +61,8 @@ impl Default for EngineConfig {
             default_grace: Duration::from_secs(5),
             leak_timeout: Duration::from_millis(500),
             partial_flush: Duration::from_millis(100),
+            gpu_source: None,
+            gpu_sample_interval: Duration::from_secs(1),
         }
     }
 }
@@ -71,5 +82,7 @@ mod tests {
         assert_eq!(c.default_grace, Duration::from_secs(5));
         assert_eq!(c.leak_timeout, Duration::from_millis(500));
         assert_eq!(c.partial_flush, Duration::from_millis(100));
+        assert!(c.gpu_source.is_none());
+        assert_eq!(c.gpu_sample_interval, Duration::from_secs(1));
     }
 }

@@ -12,6 +12,7 @@ use crossbeam_channel::{unbounded, Sender};
 
 use crate::admission::Admission;
 use crate::capture::{OutputCapture, Subscription};
+use crate::gpu::GpuMonitor;
 use crate::run::{self, Control, RunContext, StopReason};
 use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
 
@@ -33,6 +34,7 @@ use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
 pub struct Engine {
     config: Arc<EngineConfig>,
     admission: Arc<Admission>,
+    gpu: Arc<GpuMonitor>,
     runs: Mutex<Registry>,
     accepting: AtomicBool,
 }
@@ -83,8 +85,22 @@ impl Engine {
                 log::error!("cannot create log directory {}: {e}", dir.display());
             }
         }
+        let source = config
+            .gpu_source
+            .clone()
+            .unwrap_or_else(crate::gpu::default_source);
+        let gpu = GpuMonitor::new(source, config.gpu_sample_interval);
+        let admission = Arc::new(Admission::new(config.max_concurrent, Arc::clone(&gpu)));
+        // New GPU readings may let a run that waits for GPU memory start.
+        let weak = Arc::downgrade(&admission);
+        gpu.set_on_sample(Box::new(move || {
+            if let Some(admission) = weak.upgrade() {
+                admission.recheck();
+            }
+        }));
         Engine {
-            admission: Arc::new(Admission::new(config.max_concurrent)),
+            admission,
+            gpu,
             config: Arc::new(config),
             runs: Mutex::new(Registry::default()),
             accepting: AtomicBool::new(true),
@@ -108,7 +124,12 @@ impl Engine {
         }
         spec.validate().map_err(SubmitError::InvalidSpec)?;
         let created_at = Timestamp::now();
-        let ticket = self.admission.enqueue();
+        let ticket = self.admission.enqueue(spec.gpu_memory_mb);
+        let waiting_for = match ticket.admitted.is_empty() {
+            false => None,
+            true if spec.gpu_memory_mb > 0 => Some("gpu_memory".to_string()),
+            true => Some("slot".to_string()),
+        };
         let mut registry = self.registry();
         let run_id = loop {
             let id = new_run_id(created_at, &spec.module_id);
@@ -129,9 +150,12 @@ impl Engine {
             exit_code: None,
             signal: None,
             error_message: None,
-            waiting_for: ticket.admitted.is_empty().then(|| "slot".to_string()),
+            waiting_for,
             progress_percent: None,
             process_start_time: None,
+            gpu_memory_bytes: None,
+            gpu_memory_peak_bytes: None,
+            gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
         };
         let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
@@ -156,6 +180,7 @@ impl Engine {
             capture,
             control: control_rx,
             admission: Arc::clone(&self.admission),
+            gpu: Arc::clone(&self.gpu),
             ticket,
         };
         let ticket_id = ctx.ticket.id;
@@ -215,6 +240,11 @@ impl Engine {
         self.admission.counts()
     }
 
+    /// GPU readings and per-run GPU memory.
+    pub fn gpu(&self) -> &Arc<GpuMonitor> {
+        &self.gpu
+    }
+
     /// Whether the engine still admits runs.
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
@@ -254,6 +284,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let grace = self.config.default_grace;
         self.shutdown(grace + Duration::from_secs(1));
+        self.gpu.stop();
     }
 }
 

@@ -12,6 +12,7 @@ use shared_child::SharedChild;
 
 use crate::admission::{Admission, Ticket};
 use crate::capture::OutputCapture;
+use crate::gpu::GpuMonitor;
 use crate::logfile::LogWriter;
 use crate::process::{self, Signal};
 use crate::{
@@ -62,6 +63,7 @@ pub(crate) struct RunContext {
     pub capture: Arc<OutputCapture>,
     pub control: Receiver<Control>,
     pub admission: Arc<Admission>,
+    pub gpu: Arc<GpuMonitor>,
     /// The run's place in the admission queue, taken at submit.
     pub ticket: Ticket,
 }
@@ -75,7 +77,25 @@ fn run(ctx: RunContext) {
     let ticket = &ctx.ticket;
     // A stop that raced the admission wins: a cancelled queued run never spawns.
     let cancelled_while_queued = select! {
-        recv(ticket.admitted) -> _ => !ctx.control.is_empty(),
+        recv(ticket.admitted) -> admitted => match admitted {
+            Ok(Err(reason)) => {
+                // It needs a GPU and none can be read: it would wait forever.
+                let message = format!(
+                    "needs {} MiB of GPU memory, but no GPU can be used: {reason}",
+                    ctx.spec.gpu_memory_mb
+                );
+                let mut out = Output::new(&ctx, None);
+                out.system(Level::Error, message.clone());
+                ctx.capture.finish(|s| {
+                    s.status = RunState::Failed;
+                    s.waiting_for = None;
+                    s.error_message = Some(message);
+                    s.completed_at = Some(Timestamp::now());
+                });
+                return;
+            }
+            _ => !ctx.control.is_empty(),
+        },
         recv(ctx.control) -> _ => true,
     };
     if cancelled_while_queued {
@@ -115,9 +135,13 @@ fn run(ctx: RunContext) {
                 s.pid = Some(spawned.pid);
                 s.process_start_time = process::proc_stat(spawned.pid).map(|p| p.start_time);
             });
+            let pid = spawned.pid;
+            ctx.gpu.track(ticket.id, pid, &ctx.run_id, &ctx.capture);
             Supervisor::new(&ctx, spawned, out).run();
+            ctx.gpu.untrack(pid);
         }
         Err(message) => {
+            ctx.gpu.cancel_reservation(ticket.id);
             out.system(Level::Error, format!("failed to start: {message}"));
             ctx.capture.finish(|s| {
                 s.status = RunState::Failed;

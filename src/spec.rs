@@ -39,6 +39,7 @@ pub struct RunSpec {
     pub(crate) grace: Option<Duration>,
     pub(crate) module_id: String,
     pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) gpu_memory_mb: u64,
 }
 
 impl RunSpec {
@@ -53,6 +54,7 @@ impl RunSpec {
             grace: None,
             module_id: "cmd".into(),
             labels: BTreeMap::new(),
+            gpu_memory_mb: 0,
         }
     }
 
@@ -122,6 +124,14 @@ impl RunSpec {
     /// Attaches a label, shown in the run's status.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> RunSpec {
         self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// GPU memory (MiB) that must be free on one device before this run starts; until
+    /// then it waits `queued` with `waiting_for: "gpu_memory"`. Runs that need no GPU are
+    /// not held behind it. Defaults to 0 (no GPU needed).
+    pub fn gpu_memory_mb(mut self, mb: u64) -> RunSpec {
+        self.gpu_memory_mb = mb;
         self
     }
 

@@ -89,11 +89,22 @@ pub struct RunStatus {
     /// Why the run failed or stopped: the spawn error, or the last lines of stderr
     /// (at most 500 characters).
     pub error_message: Option<String>,
-    /// Why a queued run is still waiting (`"slot"` for a free concurrency slot).
+    /// Why a queued run is still waiting: `"slot"` (a free concurrency slot) or
+    /// `"gpu_memory"` (enough free GPU memory).
     pub waiting_for: Option<String>,
     /// The last progress percentage the run printed (`45%` in a `\r` update or in a line
     /// that mentions progress), if any.
     pub progress_percent: Option<f64>,
+    /// GPU memory the run's process group uses now, bytes (known once a GPU process of
+    /// the run was seen).
+    #[serde(default)]
+    pub gpu_memory_bytes: Option<u64>,
+    /// The most GPU memory the run's process group used, bytes.
+    #[serde(default)]
+    pub gpu_memory_peak_bytes: Option<u64>,
+    /// GPU memory (MiB) the run asked to have free before it starts (0: none).
+    #[serde(default)]
+    pub gpu_memory_mb: u64,
     /// When the child started, in clock ticks after boot (`/proc/PID/stat` field 22).
     /// With the pid it names the process uniquely, so after a restart a reused pid is
     /// never signalled.

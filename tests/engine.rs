@@ -210,7 +210,7 @@ fn the_ring_is_bounded_and_a_late_subscriber_gets_a_gap_without_a_log() {
             }
             Next::Entries(batch) => seqs.extend(batch.iter().map(|e| e.seq)),
             Next::End(_) => break,
-            Next::Status(_) => {}
+            Next::Status(_) | Next::Gpu { .. } => {}
             Next::Timeout => panic!("timeout"),
         }
     }

@@ -2,6 +2,8 @@
 
 mod cli;
 mod engine;
+mod gpu;
 mod server;
+mod server_process;
 mod sse_client;
 mod util;

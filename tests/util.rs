@@ -31,7 +31,7 @@ pub fn collect(run: &RunHandle) -> (Vec<Arc<Entry>>, RunStatus) {
             Next::Entries(batch) => entries.extend(batch),
             Next::End(status) => return (entries, status),
             Next::Gap { from_seq, to_seq } => panic!("unexpected gap {from_seq}..={to_seq}"),
-            Next::Status(_) | Next::Timeout => {}
+            Next::Status(_) | Next::Gpu { .. } | Next::Timeout => {}
         }
     }
 }

@@ -105,7 +105,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
         (["api", "runs", id, "logs", "stream"], Get) => stream_start(state, id, request),
         (["api", "runs", id, "logs", "download"], Get) => Ok(Reply::Download(find(state, id)?)),
         (["api", "system", "stats"], Get) => Ok(json_reply(200, &metrics::system_stats(state))),
-        (["api", "gpu"], Get) => Ok(json_reply(200, &state.gpu.report())),
+        (["api", "gpu"], Get) => Ok(json_reply(200, &state.engine.gpu().report())),
         (["metrics"], Get) => Ok(Reply::Full(
             Response::from_data(metrics::prometheus(state).into_bytes()).with_header(header(
                 "Content-Type",
@@ -242,7 +242,14 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
             "body must be a JSON object with \"argv\"",
         ));
     };
-    const FIELDS: [&str; 5] = ["argv", "cwd", "env", "timeout_seconds", "grace_seconds"];
+    const FIELDS: [&str; 6] = [
+        "argv",
+        "cwd",
+        "env",
+        "timeout_seconds",
+        "grace_seconds",
+        "gpu_memory_mb",
+    ];
     if let Some(extra) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::validation(format!(
             "unknown field {extra:?} (allowed: {})",
@@ -303,6 +310,15 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
     }
     if let Some(g) = seconds("grace_seconds")? {
         spec = spec.grace(g);
+    }
+    match o.get("gpu_memory_mb") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let mb = v.as_u64().ok_or_else(|| {
+                ApiError::validation("\"gpu_memory_mb\" must be a non-negative integer")
+            })?;
+            spec = spec.gpu_memory_mb(mb);
+        }
     }
     let params: BTreeMap<&str, &Value> = o.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let spec = spec

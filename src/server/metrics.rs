@@ -110,7 +110,7 @@ pub fn prometheus(state: &AppState) -> String {
         "Bytes of output held in memory.",
         &[(String::new(), t.retained_bytes)],
     );
-    out.push_str(&state.gpu.prometheus());
+    out.push_str(&state.engine.gpu().prometheus());
     out
 }
 
@@ -144,6 +144,6 @@ pub fn system_stats(state: &AppState) -> Value {
             "available_bytes": kib(&meminfo, "MemAvailable:"),
             "process_rss_bytes": kib(&self_status, "VmRSS:"),
         },
-        "gpu": state.gpu.summary(),
+        "gpu": state.engine.gpu().summary(),
     })
 }

@@ -36,7 +36,6 @@ pub use http::ApiError;
 pub use modules::{BuildError, Catalogue, Module, ParamType, Parameter};
 pub use run_json::run_json;
 
-use crate::gpu::GpuMonitor;
 use crate::Engine;
 
 /// What every request handler shares.
@@ -47,7 +46,6 @@ pub(crate) struct AppState {
     started: Instant,
     sse_clients: AtomicUsize,
     shutting_down: AtomicBool,
-    gpu: GpuMonitor,
 }
 
 /// A running server. Stop it with [`Server::shutdown`].
@@ -99,7 +97,6 @@ impl Server {
             started: Instant::now(),
             sse_clients: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
-            gpu: GpuMonitor::default(),
         });
         let accept = {
             let (http, state) = (Arc::clone(&http), Arc::clone(&state));

@@ -241,6 +241,7 @@ impl Catalogue {
         if let Some(g) = module.grace_seconds {
             spec = spec.grace(Duration::from_secs_f64(g));
         }
+        spec = spec.gpu_memory_mb(module.gpu_memory_mb);
         Ok((spec, values))
     }
 }

@@ -38,6 +38,9 @@ pub fn run_json(status: &RunStatus) -> Value {
         "error_message": status.error_message,
         "parameters": parameters,
         "progress_percent": status.progress_percent,
+        "gpu_memory_mb": status.gpu_memory_mb,
+        "gpu_memory_bytes": status.gpu_memory_bytes,
+        "gpu_memory_peak_bytes": status.gpu_memory_peak_bytes,
         "waiting_for": status.waiting_for,
         "labels": labels,
     })

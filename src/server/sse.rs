@@ -45,6 +45,15 @@ pub fn stream(
                     "event: gap\ndata: {{\"from_seq\":{from_seq},\"to_seq\":{to_seq}}}\n\n"
                 );
             }
+            Next::Gpu {
+                memory_bytes,
+                peak_bytes,
+            } => {
+                let _ = write!(
+                    buf,
+                    "event: gpu\ndata: {{\"gpu_memory_bytes\":{memory_bytes},\"gpu_memory_peak_bytes\":{peak_bytes}}}\n\n"
+                );
+            }
             Next::Status(status) => {
                 let _ = write!(buf, "event: status\ndata: {}\n\n", run_json(&status));
             }

@@ -8,7 +8,10 @@ use std::time::Duration;
 pub const USAGE: &str = "\
 usage: runstream run [OPTIONS] -- PROGRAM [ARGS...]
        runstream serve [OPTIONS]
+       runstream gpu
        runstream --version | --help
+
+gpu: prints the GPUs once (name, memory, utilisation, temperature, power, processes).
 
 run: runs one command through the engine in the foreground, output live.
   --json             print every entry as one JSON line on stdout
@@ -41,6 +44,7 @@ pub struct RunArgs {
 pub enum Command {
     Run(RunArgs),
     Serve(Vec<String>),
+    Gpu,
     Help,
     Version,
 }
@@ -59,6 +63,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
             })
             .collect::<Result<_, _>>()
             .map(Command::Serve),
+        Some("gpu") => Ok(Command::Gpu),
         Some("-h" | "--help" | "help") => Ok(Command::Help),
         Some("-V" | "--version") => Ok(Command::Version),
         _ => Err(format!("unknown command {first:?}")),

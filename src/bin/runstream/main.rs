@@ -2,6 +2,7 @@
 //! server).
 
 mod args;
+mod gpu_command;
 mod run_command;
 mod serve_command;
 
@@ -12,6 +13,7 @@ fn main() {
     let code = match args::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(run)) => run_command::run(run),
         Ok(Command::Serve(options)) => serve_command::run(options),
+        Ok(Command::Gpu) => gpu_command::run(),
         Ok(Command::Help) => {
             print!("{}", args::USAGE);
             0

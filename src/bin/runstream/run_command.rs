@@ -102,7 +102,7 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> RunStatus {
                 "runstream: {} lines lost: the output was read too slowly (use --log-dir to keep everything)",
                 to_seq - from_seq + 1
             ),
-            Next::Status(_) | Next::Timeout => {}
+            Next::Status(_) | Next::Gpu { .. } | Next::Timeout => {}
             Next::End(status) => return status,
         }
     }

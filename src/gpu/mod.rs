@@ -1,0 +1,90 @@
+//! GPU awareness: what each NVIDIA GPU is doing, how much GPU memory each run uses, and
+//! holding runs that need GPU memory until it is free.
+//!
+//! Readings come from a [`GpuSource`]: [`NvmlSource`] (feature `gpu`) reads NVML, which is
+//! loaded at run time, so the same binary runs on machines without a driver — then every
+//! report says why it has no GPU. Tests supply their own source.
+
+mod monitor;
+#[cfg(feature = "gpu")]
+mod nvml;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use monitor::{GpuMonitor, RunGpuUsage};
+#[cfg(feature = "gpu")]
+pub use nvml::NvmlSource;
+
+/// One GPU as its driver reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GpuDevice {
+    /// Index in the driver's order.
+    pub index: u32,
+    /// Product name, e.g. "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    /// Stable identifier (`GPU-…`).
+    pub uuid: String,
+    /// Memory in all, bytes.
+    pub memory_total_bytes: u64,
+    /// Memory in use, bytes.
+    pub memory_used_bytes: u64,
+    /// Memory free, bytes.
+    pub memory_free_bytes: u64,
+    /// Percent of the last sample period in which a kernel ran.
+    pub utilization_gpu_percent: Option<u32>,
+    /// Percent of the last sample period in which memory was read or written.
+    pub utilization_memory_percent: Option<u32>,
+    /// Degrees Celsius.
+    pub temperature_celsius: Option<u32>,
+    /// Watts.
+    pub power_watts: Option<f64>,
+    /// Processes using the GPU for compute.
+    pub processes: Vec<GpuProcess>,
+}
+
+/// A process using a GPU.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GpuProcess {
+    /// Its pid (often a grandchild of a run's leader, e.g. `python` under `sh`).
+    pub pid: u32,
+    /// GPU memory it uses, bytes, when the driver says.
+    pub used_memory_bytes: Option<u64>,
+}
+
+/// Where GPU readings come from. One sweep of every device per call.
+///
+/// ```
+/// use runstream::gpu::{GpuDevice, GpuSource};
+/// #[derive(Debug)]
+/// struct OneFakeCard;
+/// impl GpuSource for OneFakeCard {
+///     fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+///         Ok(vec![GpuDevice { memory_total_bytes: 32 << 30, memory_free_bytes: 32 << 30, ..GpuDevice::default() }])
+///     }
+/// }
+/// ```
+pub trait GpuSource: Send + Sync + Debug {
+    /// Every device now, or why there is no reading (no driver, no permission, …).
+    fn sample(&self) -> Result<Vec<GpuDevice>, String>;
+}
+
+/// A source that never has a GPU, and says why.
+#[derive(Debug)]
+pub struct NoGpu(pub String);
+
+impl GpuSource for NoGpu {
+    fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+        Err(self.0.clone())
+    }
+}
+
+/// NVML when built with the `gpu` feature, else a source that says so.
+pub fn default_source() -> Arc<dyn GpuSource> {
+    #[cfg(feature = "gpu")]
+    return Arc::new(NvmlSource::default());
+    #[cfg(not(feature = "gpu"))]
+    return Arc::new(NoGpu("runstream was built without the gpu feature".into()));
+}

@@ -1,0 +1,383 @@
+//! The GPU monitor: one sampler thread (running only while runs are live or waiting for GPU
+//! memory), per-run GPU memory found through process groups, and the memory promised to
+//! runs that were just admitted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{GpuDevice, GpuSource};
+use crate::capture::OutputCapture;
+use crate::process;
+
+/// How long to wait before asking again a source that has no GPU.
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One run's GPU memory, for `/api/gpu`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunGpuUsage {
+    /// The run.
+    pub run_id: String,
+    /// GPU memory its process group uses now, bytes.
+    pub gpu_memory_bytes: u64,
+    /// The most it has used, bytes.
+    pub gpu_memory_peak_bytes: u64,
+}
+
+/// Samples GPUs, maps GPU processes to runs, and keeps GPU memory promises for admission.
+pub struct GpuMonitor {
+    source: Arc<dyn GpuSource>,
+    interval: Duration,
+    state: Mutex<MonitorState>,
+    wake: Condvar,
+    on_sample: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+#[derive(Default)]
+struct MonitorState {
+    last: Option<(Instant, Result<Vec<GpuDevice>, String>)>,
+    /// Live runs by process group id.
+    runs: HashMap<u32, TrackedRun>,
+    promises: Vec<Promise>,
+    waiting_runs: usize,
+    sampler_running: bool,
+    stopped: bool,
+}
+
+struct TrackedRun {
+    run_id: String,
+    capture: Arc<OutputCapture>,
+    current: Option<u64>,
+    peak: u64,
+}
+
+/// GPU memory set aside for an admitted run until the driver shows its processes using
+/// memory on that device, so two runs never both count the same free gigabytes.
+#[derive(Debug)]
+struct Promise {
+    ticket: u64,
+    pgid: Option<u32>,
+    device: u32,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for GpuMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuMonitor")
+            .field("source", &self.source)
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+impl GpuMonitor {
+    /// A monitor reading `source`, at most every `interval` while anything needs it.
+    pub fn new(source: Arc<dyn GpuSource>, interval: Duration) -> Arc<GpuMonitor> {
+        Arc::new(GpuMonitor {
+            source,
+            interval,
+            state: Mutex::new(MonitorState::default()),
+            wake: Condvar::new(),
+            on_sample: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MonitorState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every device, read at most `interval` ago (read now if older).
+    pub fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+        if let Some((at, sample)) = &self.lock().last {
+            if at.elapsed() < self.interval {
+                return sample.clone();
+            }
+        }
+        let sample = self.source.sample();
+        self.apply(&sample);
+        sample
+    }
+
+    /// GPU memory of every live run the driver attributes memory to.
+    pub fn runs(&self) -> Vec<RunGpuUsage> {
+        let s = self.lock();
+        let mut runs: Vec<_> = s
+            .runs
+            .values()
+            .filter_map(|r| {
+                Some(RunGpuUsage {
+                    run_id: r.run_id.clone(),
+                    gpu_memory_bytes: r.current?,
+                    gpu_memory_peak_bytes: r.peak,
+                })
+            })
+            .collect();
+        runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        runs
+    }
+
+    /// `/api/gpu`: devices and per-run usage, or `{"available": false, "reason": …}`.
+    pub fn report(&self) -> Value {
+        match self.sample() {
+            Ok(devices) => json!({"available": true, "devices": devices, "runs": self.runs()}),
+            Err(reason) => json!({"available": false, "reason": reason}),
+        }
+    }
+
+    /// A short summary for `/api/system/stats`.
+    pub fn summary(&self) -> Value {
+        match self.sample() {
+            Ok(devices) => json!({
+                "available": true,
+                "count": devices.len(),
+                "memory_total_bytes": devices.iter().map(|d| d.memory_total_bytes).sum::<u64>(),
+                "memory_used_bytes": devices.iter().map(|d| d.memory_used_bytes).sum::<u64>(),
+                "runs_using_gpu": self.runs().len(),
+            }),
+            Err(reason) => json!({"available": false, "reason": reason}),
+        }
+    }
+
+    /// GPU gauges in Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP runstream_gpu_available Whether GPUs could be read.\n# TYPE runstream_gpu_available gauge\n",
+        );
+        let Ok(devices) = self.sample() else {
+            out.push_str("runstream_gpu_available 0\n");
+            return out;
+        };
+        out.push_str("runstream_gpu_available 1\n");
+        let mut gauge = |name: &str, help: &str, value: &dyn Fn(&GpuDevice) -> Option<f64>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for d in &devices {
+                if let Some(v) = value(d) {
+                    out.push_str(&format!(
+                        "{name}{{gpu=\"{}\",uuid=\"{}\"}} {v}\n",
+                        d.index, d.uuid
+                    ));
+                }
+            }
+        };
+        gauge(
+            "runstream_gpu_memory_used_bytes",
+            "GPU memory in use.",
+            &|d| Some(d.memory_used_bytes as f64),
+        );
+        gauge(
+            "runstream_gpu_memory_total_bytes",
+            "GPU memory in all.",
+            &|d| Some(d.memory_total_bytes as f64),
+        );
+        gauge(
+            "runstream_gpu_utilization_percent",
+            "GPU utilisation.",
+            &|d| d.utilization_gpu_percent.map(f64::from),
+        );
+        gauge(
+            "runstream_gpu_temperature_celsius",
+            "GPU temperature.",
+            &|d| d.temperature_celsius.map(f64::from),
+        );
+        gauge("runstream_gpu_power_watts", "GPU power draw.", &|d| {
+            d.power_watts
+        });
+        out.push_str("# HELP runstream_run_gpu_memory_bytes GPU memory used by a run's process group.\n# TYPE runstream_run_gpu_memory_bytes gauge\n");
+        for r in self.runs() {
+            out.push_str(&format!(
+                "runstream_run_gpu_memory_bytes{{run_id=\"{}\"}} {}\n",
+                r.run_id, r.gpu_memory_bytes
+            ));
+        }
+        out
+    }
+
+    /// Called after every sample (the engine re-checks its GPU queue there).
+    pub(crate) fn set_on_sample(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        *self.on_sample.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Sets `bytes` aside on the device with the most memory free after earlier promises,
+    /// for the run holding `ticket`. `Ok(false)`: none has enough now. `Err`: no GPU can
+    /// be read at all.
+    pub(crate) fn reserve(&self, ticket: u64, bytes: u64) -> Result<bool, String> {
+        let devices = self.sample()?;
+        if devices.is_empty() {
+            return Err("no GPU found".into());
+        }
+        let mut s = self.lock();
+        let best = devices
+            .iter()
+            .map(|d| {
+                let promised: u64 = s
+                    .promises
+                    .iter()
+                    .filter(|p| p.device == d.index)
+                    .map(|p| p.bytes)
+                    .sum();
+                (d.index, d.memory_free_bytes.saturating_sub(promised))
+            })
+            .max_by_key(|(_, free)| *free);
+        match best {
+            Some((device, free)) if free >= bytes => {
+                s.promises.push(Promise {
+                    ticket,
+                    pgid: None,
+                    device,
+                    bytes,
+                });
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Forgets the promise of a run that will not start after all.
+    pub(crate) fn cancel_reservation(&self, ticket: u64) {
+        self.lock().promises.retain(|p| p.ticket != ticket);
+    }
+
+    /// How many runs wait for GPU memory: while any do, the sampler keeps sampling.
+    pub(crate) fn set_waiting(self: &Arc<Self>, waiting: usize) {
+        self.lock().waiting_runs = waiting;
+        self.ensure_sampler();
+    }
+
+    /// Starts attributing GPU memory of process group `pgid` to this run.
+    pub(crate) fn track(
+        self: &Arc<Self>,
+        ticket: u64,
+        pgid: u32,
+        run_id: &str,
+        capture: &Arc<OutputCapture>,
+    ) {
+        {
+            let mut s = self.lock();
+            for p in s.promises.iter_mut().filter(|p| p.ticket == ticket) {
+                p.pgid = Some(pgid);
+            }
+            s.runs.insert(
+                pgid,
+                TrackedRun {
+                    run_id: run_id.to_string(),
+                    capture: Arc::clone(capture),
+                    current: None,
+                    peak: 0,
+                },
+            );
+        }
+        self.ensure_sampler();
+    }
+
+    /// The run of group `pgid` is over: forget it and what was promised to it.
+    pub(crate) fn untrack(&self, pgid: u32) {
+        let mut s = self.lock();
+        s.runs.remove(&pgid);
+        s.promises.retain(|p| p.pgid != Some(pgid));
+    }
+
+    /// Stops the sampler thread (engine shutdown).
+    pub(crate) fn stop(&self) {
+        self.lock().stopped = true;
+        self.wake.notify_all();
+    }
+
+    fn ensure_sampler(self: &Arc<Self>) {
+        let mut s = self.lock();
+        if s.sampler_running || s.stopped || (s.runs.is_empty() && s.waiting_runs == 0) {
+            self.wake.notify_all();
+            return;
+        }
+        s.sampler_running = true;
+        drop(s);
+        let monitor = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("runstream-gpu".into())
+            .spawn(move || monitor.sampler());
+        if let Err(e) = started {
+            log::error!("cannot start the GPU sampler: {e}");
+            self.lock().sampler_running = false;
+        }
+    }
+
+    /// The sampler thread: samples while runs are live or waiting, then exits.
+    fn sampler(&self) {
+        loop {
+            {
+                let mut s = self.lock();
+                if s.stopped || (s.runs.is_empty() && s.waiting_runs == 0) {
+                    s.sampler_running = false;
+                    return;
+                }
+            }
+            let sample = self.source.sample();
+            let pause = if sample.is_ok() {
+                self.interval
+            } else {
+                UNAVAILABLE_BACKOFF.max(self.interval)
+            };
+            self.apply(&sample);
+            if let Some(hook) = self
+                .on_sample
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                hook();
+            }
+            let s = self.lock();
+            if s.stopped {
+                continue;
+            }
+            drop(
+                self.wake
+                    .wait_timeout(s, pause)
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+        }
+    }
+
+    /// Stores a sample, attributes GPU processes to runs through their process groups,
+    /// drops promises the driver now shows in use, and tells runs whose numbers changed.
+    fn apply(&self, sample: &Result<Vec<GpuDevice>, String>) {
+        let mut changed = Vec::new();
+        {
+            let mut s = self.lock();
+            s.last = Some((Instant::now(), sample.clone()));
+            let Ok(devices) = sample else { return };
+            let mut per_group: HashMap<u32, u64> = HashMap::new();
+            let mut seen: HashSet<(u32, u32)> = HashSet::new();
+            for d in devices {
+                for p in &d.processes {
+                    // The process on the GPU is often a grandchild (`sh` → `python`): its
+                    // process group is the run's leader's pid.
+                    let Some(stat) = process::proc_stat(p.pid) else {
+                        continue;
+                    };
+                    if s.runs.contains_key(&stat.pgid) {
+                        *per_group.entry(stat.pgid).or_default() +=
+                            p.used_memory_bytes.unwrap_or(0);
+                        seen.insert((stat.pgid, d.index));
+                    }
+                }
+            }
+            s.promises
+                .retain(|p| !p.pgid.is_some_and(|g| seen.contains(&(g, p.device))));
+            for (pgid, run) in s.runs.iter_mut() {
+                let now = per_group.get(pgid).copied().unwrap_or(0);
+                if run.current == Some(now) || (run.current.is_none() && now == 0) {
+                    continue;
+                }
+                run.current = Some(now);
+                run.peak = run.peak.max(now);
+                changed.push((Arc::clone(&run.capture), now, run.peak));
+            }
+        }
+        for (capture, now, peak) in changed {
+            capture.update_gpu(now, peak);
+        }
+    }
+}

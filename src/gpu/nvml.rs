@@ -1,0 +1,90 @@
+//! The NVML source: NVML initialised once (it loads `libnvidia-ml.so.1`), then one sweep of
+//! every device per sample.
+
+use std::ffi::OsStr;
+use std::sync::Mutex;
+
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::Nvml;
+
+use super::{GpuDevice, GpuProcess, GpuSource};
+
+/// Reads GPUs through NVML. Initialises on first use; a failed init is remembered (its
+/// reason is every sample's answer) rather than retried every second.
+#[derive(Default)]
+pub struct NvmlSource {
+    nvml: Mutex<Option<Result<Nvml, String>>>,
+}
+
+impl std::fmt::Debug for NvmlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NvmlSource")
+    }
+}
+
+impl GpuSource for NvmlSource {
+    fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+        let mut nvml = self.nvml.lock().unwrap_or_else(|e| e.into_inner());
+        let nvml = nvml.get_or_insert_with(init);
+        let nvml = nvml.as_ref().map_err(Clone::clone)?;
+        let count = nvml.device_count().map_err(describe)?;
+        let mut devices = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let device = nvml.device_by_index(index).map_err(describe)?;
+            let memory = device.memory_info().map_err(describe)?;
+            let utilization = device.utilization_rates().ok();
+            // An empty list when nothing runs; errors (e.g. not supported) read as none.
+            let processes = device
+                .running_compute_processes()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| GpuProcess {
+                    pid: p.pid,
+                    used_memory_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(bytes) => Some(bytes),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                })
+                .collect();
+            devices.push(GpuDevice {
+                index,
+                name: device.name().unwrap_or_default(),
+                uuid: device.uuid().unwrap_or_default(),
+                memory_total_bytes: memory.total,
+                memory_used_bytes: memory.used,
+                memory_free_bytes: memory.free,
+                utilization_gpu_percent: utilization.as_ref().map(|u| u.gpu),
+                utilization_memory_percent: utilization.as_ref().map(|u| u.memory),
+                temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok(),
+                power_watts: device.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+                processes,
+            });
+        }
+        Ok(devices)
+    }
+}
+
+/// Loads NVML. A machine with only the driver has `libnvidia-ml.so.1` and not the
+/// unversioned `libnvidia-ml.so` (that link comes with development packages), which is
+/// all `Nvml::init()` looks for: try the versioned name first.
+fn init() -> Result<Nvml, String> {
+    Nvml::builder()
+        .lib_path(OsStr::new("libnvidia-ml.so.1"))
+        .init()
+        .or_else(|first| Nvml::init().map_err(|_| first))
+        .map_err(describe)
+}
+
+/// The real reason, in words: library not found, driver not loaded, no permission.
+fn describe(e: NvmlError) -> String {
+    match e {
+        NvmlError::LibloadingError(inner) => {
+            format!("NVML library not found (libnvidia-ml.so.1; is the NVIDIA driver installed?): {inner}")
+        }
+        NvmlError::DriverNotLoaded => "the NVIDIA driver is not loaded".into(),
+        NvmlError::NoPermission => "no permission to talk to the NVIDIA driver".into(),
+        other => format!("NVML error: {other}"),
+    }
+}
