@@ -1,0 +1,852 @@
+//! `runstream serve` as a real process over real HTTP: signals and shutdown, restarts,
+//! crashes, catalogue checks at startup, the token rule, memory bounds, argv-only
+//! parameters and the example catalogue.
+//!
+//! Every wait is bounded by `PATIENCE` (or a stated multiple of it), and every spawned
+//! server is SIGKILLed when its guard drops, so a failing test fails instead of hanging
+//! or leaking processes.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{live_group_members, PATIENCE};
+
+const LOST_RUN_MESSAGE: &str = "server stopped while the run was live";
+
+fn runstream() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runstream"));
+    cmd.env_remove("RUNSTREAM_TOKEN").env("RUST_LOG", "info");
+    cmd
+}
+
+/// Writes a catalogue file into `dir`; returns its path.
+fn write_modules(dir: &Path, catalogue: Value) -> PathBuf {
+    let path = dir.join("modules.json");
+    fs::write(&path, serde_json::to_vec_pretty(&catalogue).unwrap()).unwrap();
+    path
+}
+
+/// Polls `done` every 20 ms until it returns `Some`, or panics with `what` after `within`.
+fn poll<T>(within: Duration, what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = done() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send_signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+}
+
+/// SIGKILLs what is left of a run's process group when the test ends, pass or fail (the
+/// crash test orphans a group on purpose).
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.0 > 1 && !live_group_members(self.0).is_empty() {
+            // SAFETY: killpg(2) on the group of a run this test started, still alive.
+            unsafe { libc::killpg(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A `runstream serve` process: stdout lines arrive on a channel (read by a thread),
+/// stderr goes to a temporary file (the server logs there; a pipe nobody reads could
+/// fill and block it). Dropping it SIGKILLs the process if it is still running.
+struct Proc {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Proc {
+    fn spawn(cwd: &Path, args: &[&str]) -> Proc {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = runstream()
+            .arg("serve")
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            stdout: rx,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the server already exited; stderr:\n{}",
+            self.stderr_text()
+        );
+        send_signal(self.pid(), signal);
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "runstream serve did not exit within {within:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the `listening on http://ADDR` line; returns ADDR.
+    fn listening(&mut self) -> SocketAddr {
+        let line = match self.stdout.recv_timeout(PATIENCE) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "no `listening on` line ({e}); stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        addr.parse()
+            .unwrap_or_else(|_| panic!("not an address in {line:?}"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill(); // SIGKILL
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `runstream serve ARGS` that is expected to refuse to start; returns the exit code
+/// and stderr.
+fn serve_fails(cwd: &Path, args: &[&str]) -> (i32, String) {
+    let mut proc = Proc::spawn(cwd, args);
+    let status = proc.wait_exit(PATIENCE);
+    (status.code().unwrap_or(-1), proc.stderr_text())
+}
+
+/// A started server and an HTTP client for it.
+struct Server {
+    proc: Proc,
+    port: u16,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// `runstream serve --bind 127.0.0.1:0 --data-dir DATA EXTRA...` in `cwd`.
+    fn start_in(cwd: &Path, data: &Path, extra: &[&str]) -> Server {
+        let data = data.to_str().unwrap();
+        let mut args = vec!["--bind", "127.0.0.1:0", "--data-dir", data];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(cwd, &args);
+        let addr = proc.listening();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        Server {
+            proc,
+            port: addr.port(),
+            agent: ureq::AgentBuilder::new().timeout(PATIENCE).build(),
+        }
+    }
+
+    fn start(data: &Path, modules: &Path) -> Server {
+        let dir = data.parent().unwrap();
+        Server::start_in(dir, data, &["--modules", modules.to_str().unwrap()])
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.agent
+            .get(&self.url(path))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+
+    fn get_text(&self, path: &str) -> String {
+        self.agent
+            .get(&self.url(path))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_string()
+            .unwrap()
+    }
+
+    /// POST a JSON body; returns the status code and the JSON answer, errors included.
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        match self.agent.post(&self.url(path)).send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("POST {path}: {e}"),
+        }
+    }
+
+    /// Starts module `id`; returns the run id.
+    fn run_module(&self, id: &str, parameters: Value) -> String {
+        let (code, run) = self.post(
+            &format!("/api/modules/{id}/run"),
+            json!({ "parameters": parameters }),
+        );
+        assert_eq!(code, 202, "{run}");
+        run["run_id"].as_str().unwrap().to_string()
+    }
+
+    fn run(&self, run_id: &str) -> Value {
+        self.get(&format!("/api/runs/{run_id}"))
+    }
+
+    /// Polls the run until it is finished; returns it.
+    fn wait_finished(&self, run_id: &str, within: Duration) -> Value {
+        poll(within, &format!("run {run_id} did not finish"), || {
+            let run = self.run(run_id);
+            let finished = !matches!(run["status"].as_str(), Some("queued" | "running"));
+            finished.then_some(run)
+        })
+    }
+
+    /// The run's pid (= its process group id), once it is running.
+    fn pid_of(&self, run_id: &str) -> u32 {
+        let run = self.run(run_id);
+        assert_eq!(run["status"], "running", "{run}");
+        run["pid"].as_u64().expect("a running run has a pid") as u32
+    }
+
+    fn logs(&self, run_id: &str) -> Vec<Value> {
+        let logs = self.get(&format!("/api/runs/{run_id}/logs"));
+        logs["logs"].as_array().unwrap().clone()
+    }
+
+    fn stream(&self, run_id: &str) -> Sse {
+        let (code, sse) = Sse::connect(self.port, &format!("/api/runs/{run_id}/logs/stream"), &[]);
+        assert_eq!(code, 200);
+        sse
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        self.proc.signal(signal);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        self.proc.wait_exit(within)
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Default)]
+struct SseEvent {
+    id: Option<u64>,
+    event: String,
+    data: String,
+}
+
+impl SseEvent {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {:?}", self.data))
+    }
+
+    fn is_log(&self, message: &str) -> bool {
+        self.event == "log" && self.json()["message"] == message
+    }
+}
+
+/// A minimal SSE client on a raw socket: reads the chunked body incrementally.
+struct Sse {
+    reader: BufReader<TcpStream>,
+    /// Decoded body bytes not yet split into events.
+    pending: Vec<u8>,
+    /// The zero-length chunk arrived.
+    terminated: bool,
+}
+
+impl Sse {
+    /// Sends the request and reads the head; returns the status code and the client.
+    fn connect(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Sse) {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        socket.write_all(request.as_bytes()).unwrap();
+        let mut reader = BufReader::new(socket);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        let code: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).unwrap();
+            if n == 0 || line == "\r\n" {
+                break;
+            }
+            head.push(line.trim_end().to_ascii_lowercase());
+        }
+        if code == 200 {
+            assert!(
+                head.iter().any(|h| h == "transfer-encoding: chunked"),
+                "{head:?}"
+            );
+            assert!(
+                head.iter()
+                    .any(|h| h.starts_with("content-type: text/event-stream")),
+                "{head:?}"
+            );
+        }
+        let sse = Sse {
+            reader,
+            pending: Vec::new(),
+            terminated: code != 200,
+        };
+        (code, sse)
+    }
+
+    /// Reads one chunk of the body into `pending`; sets `terminated` at the last chunk.
+    fn read_chunk(&mut self) {
+        let mut size_line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut size_line)
+            .unwrap_or_else(|e| panic!("no SSE data within {PATIENCE:?}: {e}"));
+        assert!(n > 0, "the stream ended without the chunked terminator");
+        let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+        let mut data = vec![0; size + 2];
+        self.reader.read_exact(&mut data).unwrap();
+        assert_eq!(&data[size..], b"\r\n", "chunk not followed by CRLF");
+        if size == 0 {
+            self.terminated = true;
+        }
+        self.pending.extend_from_slice(&data[..size]);
+    }
+
+    /// The next event with an `event:` or `data:` line, or `None` once the body ended.
+    fn next_event(&mut self) -> Option<SseEvent> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.pending.drain(..end + 2).collect();
+                let text = String::from_utf8(block).expect("SSE is UTF-8");
+                let mut event = SseEvent::default();
+                let mut has_event = false;
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.parse().expect("numeric id"));
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event.event = v.to_string();
+                        has_event = true;
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data.push_str(v);
+                        has_event = true;
+                    }
+                }
+                if has_event {
+                    if event.event.is_empty() {
+                        event.event = "message".into();
+                    }
+                    return Some(event);
+                }
+            }
+            if self.terminated {
+                assert!(self.pending.is_empty(), "trailing bytes {:?}", self.pending);
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no SSE event within {PATIENCE:?}"
+            );
+            self.read_chunk();
+        }
+    }
+
+    /// Reads events until one matches; returns it.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&SseEvent) -> bool) -> SseEvent {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            assert!(Instant::now() < deadline, "no {what} event in time");
+            match self.next_event() {
+                Some(e) if pred(&e) => return e,
+                Some(_) => {}
+                None => panic!("the stream ended before the {what} event"),
+            }
+        }
+    }
+
+    /// After the terminator, the server closes the connection (`Connection: close`).
+    fn assert_eof(&mut self) {
+        assert!(self.terminated);
+        let mut rest = Vec::new();
+        let n = self
+            .reader
+            .read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("connection not closed after the last chunk: {e}"));
+        assert_eq!(n, 0, "bytes after the terminator: {rest:?}");
+    }
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn shutdown_signal_completes_streams_terminates_groups_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"waiter": {"name": "Waiter", "program": "sh",
+            "args": ["-c", "echo ready; sleep 100 & wait"]}}}),
+    );
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &modules);
+    let run_id = server.run_module("waiter", json!({}));
+    let mut sse = server.stream(&run_id);
+    sse.wait_for("ready log", |e| e.is_log("ready"));
+    let pid = server.pid_of(&run_id);
+    let _group = GroupGuard(pid);
+    assert!(!live_group_members(pid).is_empty());
+
+    server.signal(libc::SIGTERM);
+    let complete = sse.wait_for("complete", |e| e.event == "complete");
+    assert_eq!(complete.json()["status"], "cancelled", "{}", complete.data);
+    assert!(sse.next_event().is_none(), "events after complete");
+    assert!(sse.terminated);
+    let status = server.wait_exit(PATIENCE);
+    sse.assert_eof();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stderr:\n{}",
+        server.proc.stderr_text()
+    );
+    assert_eq!(live_group_members(pid), Vec::<u32>::new());
+    let saved = read_json(&data.join("runs").join(format!("{run_id}.json")));
+    assert_eq!(saved["status"], "cancelled", "{saved}");
+}
+
+#[test]
+fn a_second_signal_kills_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"stubborn": {"name": "Stubborn", "program": "sh",
+            "args": ["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
+            "grace_seconds": 3600}}}),
+    );
+    let data = dir.path().join("data");
+    // A long default grace too, so that only the second signal can end this in time.
+    let mut server = Server::start_in(
+        dir.path(),
+        &data,
+        &["--modules", modules.to_str().unwrap(), "--grace", "1h"],
+    );
+    let run_id = server.run_module("stubborn", json!({}));
+    let mut sse = server.stream(&run_id);
+    sse.wait_for("ready log", |e| e.is_log("ready"));
+    let pid = server.pid_of(&run_id);
+    let _group = GroupGuard(pid);
+
+    server.signal(libc::SIGTERM);
+    // The first signal was handled: the run is stopping (and ignores SIGTERM).
+    sse.wait_for("cancelling status", |e| {
+        e.event == "status" && e.json()["cancelling"] == true
+    });
+    assert!(!live_group_members(pid).is_empty());
+    let second = Instant::now();
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit(PATIENCE);
+    eprintln!(
+        "exited with {status} {:?} after the second signal",
+        second.elapsed()
+    );
+    poll(PATIENCE, "the group is still alive", || {
+        live_group_members(pid).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn runs_and_logs_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"three": {"name": "Three lines", "program": "printf",
+            "args": ["%s\\n", "alpha", "beta", "gamma"]}}}),
+    );
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &modules);
+    let run_id = server.run_module("three", json!({}));
+    let done = server.wait_finished(&run_id, PATIENCE);
+    assert_eq!(done["status"], "completed", "{done}");
+    let before = server.logs(&run_id);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
+    drop(server);
+
+    let server = Server::start(&data, &modules);
+    let list = server.get("/api/runs");
+    assert_eq!(list["total"], 1, "{list}");
+    let run = &list["runs"][0];
+    assert_eq!(run["run_id"], run_id.as_str());
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["module_id"], "three");
+
+    let logs = server.logs(&run_id);
+    assert_eq!(logs, before, "the logs changed across the restart");
+    let messages: Vec<(&str, &str)> = logs
+        .iter()
+        .map(|e| {
+            (
+                e["stream"].as_str().unwrap(),
+                e["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("stdout", "alpha"),
+            ("stdout", "beta"),
+            ("stdout", "gamma"),
+            ("system", "exited with code 0")
+        ]
+    );
+
+    // The stream replays them and completes.
+    let mut sse = server.stream(&run_id);
+    let mut replayed = Vec::new();
+    let complete = loop {
+        let e = sse.next_event().expect("the stream ended before complete");
+        match e.event.as_str() {
+            "log" => {
+                let entry = e.json();
+                assert_eq!(e.id, entry["seq"].as_u64());
+                replayed.push(entry);
+            }
+            "complete" => break e,
+            _ => {}
+        }
+    };
+    assert_eq!(replayed, logs);
+    assert_eq!(complete.json()["status"], "completed");
+    assert_eq!(complete.json()["exit_code"], 0);
+    assert!(sse.next_event().is_none());
+    // A client that has seen everything is told not to reconnect.
+    let last = logs.last().unwrap()["seq"].to_string();
+    let (code, _) = Sse::connect(
+        server.port,
+        &format!("/api/runs/{run_id}/logs/stream"),
+        &[("Last-Event-ID", &last)],
+    );
+    assert_eq!(code, 204);
+}
+
+#[test]
+fn a_crash_marks_live_runs_failed_and_terminates_their_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"sleepers": {"name": "Sleepers", "program": "sh",
+            "args": ["-c", "echo ready; sleep 100 & sleep 100 & wait"]}}}),
+    );
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &modules);
+    let run_id = server.run_module("sleepers", json!({}));
+    let mut sse = server.stream(&run_id);
+    sse.wait_for("ready log", |e| e.is_log("ready"));
+    let pid = server.pid_of(&run_id);
+    let _group = GroupGuard(pid);
+
+    server.signal(libc::SIGKILL);
+    server.wait_exit(PATIENCE);
+    drop(sse);
+    assert!(
+        live_group_members(pid).len() >= 2,
+        "the children should outlive a crashed server: {:?}",
+        live_group_members(pid)
+    );
+    let saved = read_json(&data.join("runs").join(format!("{run_id}.json")));
+    assert_eq!(saved["status"], "running", "{saved}");
+
+    let server = Server::start(&data, &modules);
+    let run = server.run(&run_id);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error_message"], LOST_RUN_MESSAGE);
+    poll(PATIENCE, "the lost run's group is still alive", || {
+        live_group_members(pid).is_empty().then_some(())
+    });
+    let saved = read_json(&data.join("runs").join(format!("{run_id}.json")));
+    assert_eq!(saved["status"], "failed", "{saved}");
+    // Its log is still readable.
+    let logs = server.logs(&run_id);
+    assert!(logs.iter().any(|e| e["message"] == "ready"), "{logs:?}");
+}
+
+#[test]
+fn invalid_catalogue_is_rejected_at_startup_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let serve = |catalogue: Value| {
+        let path = write_modules(dir.path(), catalogue);
+        serve_fails(
+            dir.path(),
+            &[
+                "--bind",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--modules",
+                path.to_str().unwrap(),
+            ],
+        )
+    };
+
+    let (code, stderr) = serve(json!({"modules": {"bad": {"name": "Bad", "program": "echo",
+        "args": ["{nope}"]}}}));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("modules.bad.args[0]"), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+
+    let (code, stderr) = serve(json!({"modules": {"bad": {"name": "Bad", "program": "echo",
+        "colour": 1}}}));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("colour"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
+
+#[test]
+fn non_loopback_bind_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (code, stderr) = serve_fails(dir.path(), &["--bind", "0.0.0.0:0", "--data-dir", data]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("token"), "{stderr}");
+
+    let mut proc = Proc::spawn(
+        dir.path(),
+        &[
+            "--bind",
+            "0.0.0.0:0",
+            "--data-dir",
+            data,
+            "--token",
+            "secret",
+        ],
+    );
+    let addr = proc.listening();
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    // Only loopback traffic: the token is required there too.
+    let agent = ureq::AgentBuilder::new().timeout(PATIENCE).build();
+    let url = format!("http://127.0.0.1:{}/api/health", addr.port());
+    match agent.get(&url).call() {
+        Err(ureq::Error::Status(code, _)) => assert_eq!(code, 401),
+        other => panic!("expected 401 without the token, got {other:?}"),
+    }
+    let health: Value = agent
+        .get(&url)
+        .set("Authorization", "Bearer secret")
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(health["status"], "healthy");
+    drop(proc); // SIGKILL
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn memory_stays_within_the_ring_caps_for_two_million_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"count": {"name": "Count", "program": "seq",
+            "args": ["1", "2000000"]}}}),
+    );
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &modules);
+    let started = Instant::now();
+    let run_id = server.run_module("count", json!({}));
+    let done = server.wait_finished(&run_id, PATIENCE * 10);
+    let took = started.elapsed();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["exit_code"], 0);
+    let (rss, peak) = memory_kib(server.proc.pid());
+    eprintln!("2 000 000 lines in {took:?}; server VmRSS {rss} KiB, VmHWM {peak} KiB");
+    assert!(rss < 100 * 1024, "VmRSS {rss} KiB");
+    assert!(peak < 100 * 1024, "VmHWM (peak) {peak} KiB");
+
+    let log = fs::File::open(data.join("runs").join(format!("{run_id}.jsonl"))).unwrap();
+    let mut reader = BufReader::with_capacity(1 << 20, log);
+    let mut lines = 0u64;
+    let mut last = Vec::new();
+    loop {
+        let buf = reader.fill_buf().unwrap();
+        if buf.is_empty() {
+            break;
+        }
+        lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        if let Some(nl) = buf[..buf.len() - 1].iter().rposition(|&b| b == b'\n') {
+            last = buf[nl + 1..].to_vec();
+        } else {
+            last.extend_from_slice(buf);
+        }
+        let n = buf.len();
+        reader.consume(n);
+    }
+    assert_eq!(lines, 2_000_001);
+    let last: Value = serde_json::from_slice(&last).unwrap();
+    assert_eq!(last["message"], "exited with code 0");
+    assert_eq!(last["seq"], 2_000_000);
+
+    let metrics = server.get_text("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "runstream_lines_dropped_total 0"),
+        "{metrics}"
+    );
+    // The tail is still served (from the ring).
+    let tail = server.get(&format!("/api/runs/{run_id}/logs?tail=2"));
+    assert_eq!(tail["total_lines"], 2_000_001);
+    assert_eq!(tail["logs"][0]["message"], "2000000");
+}
+
+#[test]
+fn parameters_are_passed_as_one_literal_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"echo": {"name": "Echo", "program": "printf",
+            "args": ["%s\\n", "{text}"],
+            "parameters": {"text": {"type": "string"}}}}}),
+    );
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &modules);
+    let run_id = server.run_module("echo", json!({"text": "; rm -rf /"}));
+    let done = server.wait_finished(&run_id, PATIENCE);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["parameters"]["text"], "; rm -rf /");
+    let stdout: Vec<Value> = server
+        .logs(&run_id)
+        .into_iter()
+        .filter(|e| e["stream"] == "stdout")
+        .collect();
+    assert_eq!(stdout.len(), 1, "{stdout:?}");
+    assert_eq!(stdout[0]["message"], "; rm -rf /");
+}
+
+#[test]
+fn example_catalogue_loads_and_train_runs() {
+    let has_python = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_python {
+        eprintln!("note: python3 is not on PATH; skipping the example catalogue test");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_in(root, &data, &["--modules", "examples/modules.json"]);
+    let modules = server.get("/api/modules");
+    let ids: Vec<&str> = modules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"train"), "{ids:?}");
+
+    let run_id = server.run_module("train", json!({"epochs": 1, "steps": 5}));
+    let done = server.wait_finished(&run_id, PATIENCE);
+    let logs = server.logs(&run_id);
+    assert_eq!(done["status"], "completed", "{done}\n{logs:#?}");
+    assert_eq!(done["exit_code"], 0);
+    assert!(
+        logs.iter().any(|e| e["stream"] == "stdout"
+            && e["message"].as_str().unwrap().starts_with("epoch 1/1 loss")),
+        "{logs:#?}"
+    );
+    assert!(
+        logs.iter().any(|e| e["end"] == "cr"),
+        "the progress bar should arrive as `cr` entries: {logs:#?}"
+    );
+}
