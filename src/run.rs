@@ -135,10 +135,10 @@ fn run(ctx: RunContext) {
                 s.pid = Some(spawned.pid);
                 s.process_start_time = process::proc_stat(spawned.pid).map(|p| p.start_time);
             });
-            let pid = spawned.pid;
-            ctx.gpu.track(ticket.id, pid, &ctx.run_id, &ctx.capture);
+            let group = spawned.group.clone();
+            ctx.gpu.track(ticket.id, &group, &ctx.run_id, &ctx.capture);
             Supervisor::new(&ctx, spawned, out).run();
-            ctx.gpu.untrack(pid);
+            ctx.gpu.untrack(group.id());
         }
         Err(message) => {
             ctx.gpu.cancel_reservation(ticket.id);
@@ -273,7 +273,7 @@ fn progress_percent(message: &str, end: LineEnd) -> Option<f64> {
 struct Supervisor<'a> {
     ctx: &'a RunContext,
     out: Output,
-    pgid: u32,
+    group: process::ProcessGroup,
     child: Arc<SharedChild>,
     grace: Duration,
     splitters: [LineSplitter; 2],
@@ -325,7 +325,7 @@ impl<'a> Supervisor<'a> {
         Supervisor {
             ctx,
             out,
-            pgid: pid,
+            group: spawned.group.clone(),
             child,
             grace: ctx.spec.grace.unwrap_or(ctx.config.default_grace),
             splitters: [LineSplitter::new(max_line), LineSplitter::new(max_line)],
@@ -436,7 +436,7 @@ impl<'a> Supervisor<'a> {
         self.exit = Some(status.map_or((None, None), process::exit_parts));
         // Like a container or a systemd unit: what is left of the group goes too.
         if !self.killed {
-            let left = process::live_group_members(self.pgid);
+            let left = self.group.live_members();
             if !left.is_empty() {
                 let n = left.len();
                 if self.grace.is_zero() {
@@ -444,7 +444,7 @@ impl<'a> Supervisor<'a> {
                 } else {
                     self.signal(Signal::Term, &format!(
                         "{n} process(es) of the group outlived the leader: sent SIGTERM to process group {}",
-                        self.pgid
+                        self.group.id()
                     ));
                     self.kill_at.get_or_insert(Instant::now() + self.grace);
                 }
@@ -478,7 +478,7 @@ impl<'a> Supervisor<'a> {
                 Signal::Term,
                 &format!(
                     "{why}: sent SIGTERM to process group {} (grace period {} s)",
-                    self.pgid,
+                    self.group.id(),
                     self.grace.as_secs_f64()
                 ),
             );
@@ -495,7 +495,7 @@ impl<'a> Supervisor<'a> {
         }
         self.signal(
             Signal::Kill,
-            &format!("{why}: sent SIGKILL to process group {}", self.pgid),
+            &format!("{why}: sent SIGKILL to process group {}", self.group.id()),
         );
         self.killed = true;
         self.kill_at = None;
@@ -506,7 +506,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn signal(&mut self, signal: Signal, message: &str) {
-        match process::signal_group(self.pgid, signal) {
+        match self.group.signal(signal) {
             Ok(true) => self.out.system(Level::Warning, message.to_string()),
             Ok(false) => {}
             Err(e) => self.out.system(
@@ -514,7 +514,7 @@ impl<'a> Supervisor<'a> {
                 format!(
                     "could not send {} to process group {}: {e}",
                     signal.name(),
-                    self.pgid
+                    self.group.id()
                 ),
             ),
         }
@@ -534,7 +534,7 @@ impl<'a> Supervisor<'a> {
         }
         if due(self.kill_at) {
             self.kill_at = None;
-            if self.exit.is_none() || !process::live_group_members(self.pgid).is_empty() {
+            if self.exit.is_none() || !self.group.live_members().is_empty() {
                 self.kill_now("grace period ended");
             }
         }
@@ -569,10 +569,7 @@ impl<'a> Supervisor<'a> {
         if self.open_streams > 0 && !leak_passed {
             return false;
         }
-        if self.killed
-            || self.kill_at.is_none()
-            || process::live_group_members(self.pgid).is_empty()
-        {
+        if self.killed || self.kill_at.is_none() || self.group.live_members().is_empty() {
             return true;
         }
         self.group_poll_at = Some(Instant::now() + GROUP_POLL);

@@ -48,6 +48,7 @@ struct MonitorState {
 }
 
 struct TrackedRun {
+    group: process::ProcessGroup,
     run_id: String,
     capture: Arc<OutputCapture>,
     current: Option<u64>,
@@ -250,10 +251,11 @@ impl GpuMonitor {
     pub(crate) fn track(
         self: &Arc<Self>,
         ticket: u64,
-        pgid: u32,
+        group: &process::ProcessGroup,
         run_id: &str,
         capture: &Arc<OutputCapture>,
     ) {
+        let pgid = group.id();
         {
             let mut s = self.lock();
             for p in s.promises.iter_mut().filter(|p| p.ticket == ticket) {
@@ -262,6 +264,7 @@ impl GpuMonitor {
             s.runs.insert(
                 pgid,
                 TrackedRun {
+                    group: group.clone(),
                     run_id: run_id.to_string(),
                     capture: Arc::clone(capture),
                     current: None,
@@ -352,16 +355,14 @@ impl GpuMonitor {
             let mut seen: HashSet<(u32, u32)> = HashSet::new();
             for d in devices {
                 for p in &d.processes {
-                    // The process on the GPU is often a grandchild (`sh` → `python`): its
-                    // process group is the run's leader's pid.
-                    let Some(stat) = process::proc_stat(p.pid) else {
+                    // The process on the GPU is often a grandchild (`sh` → `python`): it
+                    // belongs to the run through the run's process group.
+                    let owner = s.runs.iter().find(|(_, run)| run.group.contains(p.pid));
+                    let Some(pgid) = owner.map(|(pgid, _)| *pgid) else {
                         continue;
                     };
-                    if s.runs.contains_key(&stat.pgid) {
-                        *per_group.entry(stat.pgid).or_default() +=
-                            p.used_memory_bytes.unwrap_or(0);
-                        seen.insert((stat.pgid, d.index));
-                    }
+                    *per_group.entry(pgid).or_default() += p.used_memory_bytes.unwrap_or(0);
+                    seen.insert((pgid, d.index));
                 }
             }
             s.promises

@@ -14,10 +14,12 @@ use shared_child::SharedChild;
 
 use crate::spec::RunSpec;
 
-/// A freshly spawned child: its handle and the parent's read ends of its output pipes.
+/// A freshly spawned child: its handle, its process group, and the parent's read ends of
+/// its output pipes.
 pub(crate) struct Spawned {
     pub child: SharedChild,
     pub pid: u32,
+    pub group: ProcessGroup,
     pub stdout: PipeReader,
     pub stderr: PipeReader,
 }
@@ -65,6 +67,7 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
     Ok(Spawned {
         child,
         pid,
+        group: ProcessGroup { id: pid },
         stdout,
         stderr,
     })
@@ -95,8 +98,42 @@ impl Signal {
     }
 }
 
+/// A run's process group: the child leads it (its pid is the group id) and every
+/// descendant is in it unless it left with `setsid`/`setpgid`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ProcessGroup {
+    id: u32,
+}
+
+impl ProcessGroup {
+    /// The group of a process we did not spawn (a run found on disk after a restart).
+    pub fn from_id(id: u32) -> ProcessGroup {
+        ProcessGroup { id }
+    }
+
+    /// The group id (the leader's pid).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends `signal` to every member. `Ok(false)` when none is left.
+    pub fn signal(&self, signal: Signal) -> io::Result<bool> {
+        signal_group(self.id, signal)
+    }
+
+    /// Members still alive (zombies do not count).
+    pub fn live_members(&self) -> Vec<u32> {
+        live_group_members(self.id)
+    }
+
+    /// Whether process `pid` is a member.
+    pub fn contains(&self, pid: u32) -> bool {
+        proc_stat(pid).is_some_and(|s| s.pgid == self.id)
+    }
+}
+
 /// Sends `signal` to every process in group `pgid`. `Ok(false)` when the group is gone.
-pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
+fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
     let sig = match signal {
         Signal::Term => libc::SIGTERM,
         Signal::Kill => libc::SIGKILL,
@@ -147,7 +184,7 @@ fn parse_stat(pid: u32, text: &str) -> Option<ProcStat> {
 ///
 /// `kill(-pgid, 0)` cannot answer this: it also counts zombies, and where PID 1 does not
 /// reap orphans a killed grandchild may stay a zombie forever.
-pub(crate) fn live_group_members(pgid: u32) -> Vec<u32> {
+fn live_group_members(pgid: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };

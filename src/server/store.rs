@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::process::{self, Signal};
+use crate::process::{self, ProcessGroup, Signal};
 use crate::{Engine, RunState, RunStatus, Timestamp};
 
 /// Error message of a run that was live when the server stopped.
@@ -64,24 +64,25 @@ fn terminate_leftovers(status: &RunStatus, grace: Duration) {
             return; // the pid now belongs to another process
         }
     }
-    if process::live_group_members(pgid).is_empty() {
+    let group = ProcessGroup::from_id(pgid);
+    if group.live_members().is_empty() {
         return;
     }
     log::warn!(
         "run {}: terminating what is left of process group {pgid}",
         status.run_id
     );
-    let _ = process::signal_group(pgid, Signal::Term);
+    let _ = group.signal(Signal::Term);
     let run_id = status.run_id.clone();
     std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
-            if process::live_group_members(pgid).is_empty() {
+            if group.live_members().is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         log::warn!("run {run_id}: grace period ended, sending SIGKILL to process group {pgid}");
-        let _ = process::signal_group(pgid, Signal::Kill);
+        let _ = group.signal(Signal::Kill);
     });
 }
