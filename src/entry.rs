@@ -94,8 +94,9 @@ impl Level {
     /// The old backend's rule, kept so its UIs keep working: the first of these that the
     /// upper-cased text contains wins — ERROR or EXCEPTION → `Error`, WARNING or WARN →
     /// `Warning`, DEBUG → `Debug`, CRITICAL or FATAL → `Critical`, INFO → `Info`;
-    /// otherwise `Error` on stderr and `Info` on stdout. Progress entries (`end: cr`) with
-    /// no keyword are `Info` even on stderr: tqdm draws its bar there.
+    /// otherwise `Error` on stderr and `Info` on stdout. Progress bars with no keyword are
+    /// `Info` even on stderr, where tqdm draws them: `\r` updates (`end: cr`) and a bar's
+    /// last frame, which ends with `\n` (text like `100%|#####|`).
     ///
     /// ```
     /// use runstream::{Level, LineEnd, Stream};
@@ -109,10 +110,17 @@ impl Level {
         }
         match (stream, end) {
             (Stream::Stderr, LineEnd::Cr) => Level::Info,
+            (Stream::Stderr, _) if is_progress_bar(message) => Level::Info,
             (Stream::Stderr, _) => Level::Error,
             _ => Level::Info,
         }
     }
+}
+
+/// tqdm's bar: a percentage followed by `|`, as in ` 45%|####      | 45/100`.
+fn is_progress_bar(text: &str) -> bool {
+    text.match_indices("%|")
+        .any(|(i, _)| i > 0 && text.as_bytes()[i - 1].is_ascii_digit())
 }
 
 /// Keywords in order of precedence. One pass over the text finds the best match.

@@ -52,6 +52,9 @@ const READ_BUFFER: usize = 64 * 1024;
 const STDERR_TAIL_LINES: usize = 20;
 /// Most characters of `error_message`.
 const ERROR_MESSAGE_CHARS: usize = 500;
+/// Most entries (and bytes) made before they are handed to the log and the capture.
+const MAX_BATCH_ENTRIES: usize = 4096;
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How often the process group is checked while waiting for the last members to die.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 
@@ -162,6 +165,7 @@ struct Output {
     log: Option<LogWriter>,
     next_seq: u64,
     batch: Vec<Entry>,
+    batch_bytes: usize,
     stderr_tail: VecDeque<String>,
     progress: Option<f64>,
 }
@@ -174,6 +178,7 @@ impl Output {
             log,
             next_seq: 0,
             batch: Vec::new(),
+            batch_bytes: 0,
             stderr_tail: VecDeque::new(),
             progress: None,
         }
@@ -194,9 +199,15 @@ impl Output {
     }
 
     fn push(&mut self, stream: Stream, level: Level, message: String, end: LineEnd, ts: Timestamp) {
-        self.batch
-            .push(Entry::new(self.next_seq, ts, stream, level, message, end));
+        let entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+        self.batch_bytes += entry.size_in_memory();
+        self.batch.push(entry);
         self.next_seq += 1;
+        // A few MiB of short lines are hundreds of thousands of entries: hand them on in
+        // bounded batches so memory stays near the ring's caps.
+        if self.batch.len() >= MAX_BATCH_ENTRIES || self.batch_bytes >= MAX_BATCH_BYTES {
+            self.commit();
+        }
     }
 
     /// Adds one of the engine's own entries and sends it on at once.
@@ -233,6 +244,7 @@ impl Output {
             }
         }
         let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         self.capture
             .append(batch, self.log.as_ref().map(LogWriter::index));
         if let Some(p) = self.progress.take() {
