@@ -3,19 +3,20 @@
 //! A plain `fn main` program (`harness = false`, no criterion, to keep build time low).
 //! Every case is measured against a baseline taken in the same run, interleaved with it
 //! (baseline, engine, baseline, engine, …) so that load from elsewhere on the machine hits
-//! both alike; each figure is the median of the repetitions.
+//! both alike. Each figure is the median of the repetitions: wall time, and CPU time
+//! (user + system) of this process — the engine's threads — and of its reaped children.
 //!
 //! ```sh
 //! cargo build --release            # case (d) drives target/release/runstream
 //! cargo bench --bench capture
-//! RUNSTREAM_BENCH_QUICK=1 cargo bench --bench capture   # smoke test: 1 rep, small sizes
+//! RUNSTREAM_BENCH_QUICK=1 cargo bench --bench capture    # smoke test: 1 rep, small sizes
 //! RUNSTREAM_BENCH_CASES=a,b cargo bench --bench capture  # only some cases
 //! ```
 //!
 //! Cases:
 //! - (a) 1 000 000 short lines (`seq 1 1000000`) through the engine, log file on, default
 //!   ring, until `RunHandle::wait()`; vs `seq` to /dev/null (and vs a bare pipe drain).
-//! - (b) ~200 MB of 1000-byte lines (`yes <999 x> | head -c 200000000`) the same way.
+//! - (b) 200 MB of 1000-byte lines (`yes <999 x> | head -c 200000000`) the same way.
 //! - (c) fan-out: 100 subscriber threads on one run of 200 000 lines, each must get every
 //!   entry; vs the same run with no subscriber.
 //! - (d) a Python loop printing 200 000 lines through `runstream run --json` (stdout to
@@ -74,12 +75,61 @@ impl Plan {
     }
 }
 
+/// One measurement: wall time, and CPU time of this process and of its reaped children.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    wall: Duration,
+    cpu_self: Duration,
+    cpu_children: Duration,
+}
+
+/// User + system CPU time of `who` (`RUSAGE_SELF` or `RUSAGE_CHILDREN`).
+fn cpu_time(who: libc::c_int) -> Duration {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the valid pointer it is given.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Measures `f`: wall time and the CPU time it added to this process and its children.
+fn measure<R>(f: impl FnOnce() -> R) -> (Sample, R) {
+    let (self0, children0) = (cpu_time(libc::RUSAGE_SELF), cpu_time(libc::RUSAGE_CHILDREN));
+    let start = Instant::now();
+    let result = f();
+    let wall = start.elapsed();
+    let sample = Sample {
+        wall,
+        cpu_self: cpu_time(libc::RUSAGE_SELF).saturating_sub(self0),
+        cpu_children: cpu_time(libc::RUSAGE_CHILDREN).saturating_sub(children0),
+    };
+    (sample, result)
+}
+
+/// The median of each field on its own.
+fn median(samples: &[Sample]) -> Sample {
+    assert!(!samples.is_empty());
+    let mid = |field: fn(&Sample) -> Duration| {
+        let mut v: Vec<Duration> = samples.iter().map(field).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    Sample {
+        wall: mid(|s| s.wall),
+        cpu_self: mid(|s| s.cpu_self),
+        cpu_children: mid(|s| s.cpu_children),
+    }
+}
+
 /// One line of the results table.
 struct Row {
     case: String,
     what: String,
-    median: Duration,
-    /// The same-run baseline's median, for the ratio column.
+    median: Sample,
+    /// The same-run baseline's median wall time, for the ratio column.
     baseline: Option<Duration>,
     rate: String,
 }
@@ -95,15 +145,15 @@ impl Table {
         &mut self,
         case: &str,
         what: &str,
-        median: Duration,
-        baseline: Option<Duration>,
+        median: Sample,
+        baseline: Option<Sample>,
         rate: String,
     ) {
         let row = Row {
             case: case.into(),
             what: what.into(),
             median,
-            baseline,
+            baseline: baseline.map(|b| b.wall),
             rate,
         };
         eprintln!("  {}", format_row(&row));
@@ -126,9 +176,9 @@ impl Table {
         );
         let _ = writeln!(
             out,
-            "| case | measurement | median | ratio vs baseline | rate |"
+            "| case | measurement | wall (median) | wall ratio vs baseline | CPU engine process | CPU child(ren) | rate |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---|");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
         for row in &self.rows {
             let _ = writeln!(out, "{}", format_row(row));
         }
@@ -144,16 +194,20 @@ impl Table {
 
 fn format_row(row: &Row) -> String {
     let ratio = match row.baseline {
-        Some(b) if !b.is_zero() => format!("{:.2}×", row.median.as_secs_f64() / b.as_secs_f64()),
+        Some(b) if !b.is_zero() => {
+            format!("{:.2}×", row.median.wall.as_secs_f64() / b.as_secs_f64())
+        }
         Some(_) => "∞".into(),
         None => "(baseline)".into(),
     };
     format!(
-        "| {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} |",
         row.case,
         row.what,
-        fmt_duration(row.median),
+        fmt_duration(row.median.wall),
         ratio,
+        fmt_duration(row.median.cpu_self),
+        fmt_duration(row.median.cpu_children),
         row.rate
     )
 }
@@ -165,12 +219,6 @@ fn fmt_duration(d: Duration) -> String {
     } else {
         format!("{:.1} ms", s * 1e3)
     }
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    assert!(!samples.is_empty());
-    samples.sort();
-    samples[samples.len() / 2]
 }
 
 fn per_sec(count: f64, d: Duration) -> f64 {
@@ -187,41 +235,45 @@ fn fmt_count(x: f64) -> String {
     }
 }
 
+fn ns_per(d: Duration, count: u64) -> f64 {
+    d.as_secs_f64() * 1e9 / count.max(1) as f64
+}
+
 /// Runs a command to completion with stdout and stderr on /dev/null; panics on failure.
-fn run_to_null(mut cmd: Command) -> Duration {
+fn run_to_null(mut cmd: Command) -> Sample {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let start = Instant::now();
-    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let elapsed = start.elapsed();
+    let (sample, status) = measure(|| cmd.status());
+    let status = status.unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed: {status}");
-    elapsed
+    sample
 }
 
 /// Runs a command with stdout on a pipe that this process drains (64 KiB reads, bytes
 /// thrown away): the cost of moving the bytes through a pipe at all, without the engine.
-fn run_to_pipe_drain(mut cmd: Command) -> (Duration, u64) {
+fn run_to_pipe_drain(mut cmd: Command) -> (Sample, u64) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let start = Instant::now();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let mut pipe = child.stdout.take().expect("piped stdout");
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("reading {cmd:?}: {e}"),
+    let (sample, total) = measure(|| {
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let mut pipe = child.stdout.take().expect("piped stdout");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading {cmd:?}: {e}"),
+            }
         }
-    }
-    let status = child.wait().expect("wait");
-    let elapsed = start.elapsed();
-    assert!(status.success(), "{cmd:?} failed: {status}");
-    (elapsed, total)
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{cmd:?} failed: {status}");
+        total
+    });
+    (sample, total)
 }
 
 /// An engine with a log directory (log file on) and otherwise default settings.
@@ -233,19 +285,20 @@ fn engine_with_log(dir: &Path) -> Engine {
 }
 
 /// Submits `spec` to a fresh engine (log file in a fresh temp dir) and waits for it.
-/// Returns the time from submit to `wait()` returning, and the run (still readable).
-fn engine_run(spec: RunSpec) -> (Duration, RunHandle, CaptureStats) {
+/// Measures from submit to `wait()` returning; returns the run (still readable).
+fn engine_run(spec: RunSpec) -> (Sample, RunHandle, CaptureStats) {
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = engine_with_log(dir.path());
-    let start = Instant::now();
-    let run = engine.submit(spec).expect("submit");
-    let status = run.wait();
-    let elapsed = start.elapsed();
-    assert_eq!(status.status, RunState::Completed, "{status:?}");
+    let (sample, run) = measure(|| {
+        let run = engine.submit(spec).expect("submit");
+        let status = run.wait();
+        assert_eq!(status.status, RunState::Completed, "{status:?}");
+        run
+    });
     let stats = run.capture().stats();
     drop(engine);
     drop(dir); // the log file goes with it
-    (elapsed, run, stats)
+    (sample, run, stats)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -263,38 +316,41 @@ fn case_a_short_lines(plan: &Plan, table: &mut Table) {
     for _ in 0..plan.reps {
         base.push(run_to_null(seq()));
         drain.push(run_to_pipe_drain(seq()).0);
-        let (t, run, stats) = engine_run(RunSpec::new("seq").arg("1").arg(n.to_string()));
+        let (sample, run, stats) = engine_run(RunSpec::new("seq").arg("1").arg(n.to_string()));
         // n lines plus the engine's own "exited with code 0".
         assert_eq!(stats.entries, n + 1, "every line must be captured");
-        eng.push(t);
+        eng.push(sample);
         last = Some((run, stats));
     }
-    let (base, drain, eng) = (median(base), median(drain), median(eng));
+    let (base, drain, eng) = (median(&base), median(&drain), median(&eng));
+    let lines_per_s = |s: Sample| format!("{} lines/s", fmt_count(per_sec(n as f64, s.wall)));
     table.add(
         "a short lines",
         &format!("`seq 1 {n}` > /dev/null"),
         base,
         None,
-        format!("{} lines/s", fmt_count(per_sec(n as f64, base))),
+        lines_per_s(base),
     );
     table.add(
         "a short lines",
         "same, through a pipe drained by a bare read loop",
         drain,
         Some(base),
-        format!("{} lines/s", fmt_count(per_sec(n as f64, drain))),
+        lines_per_s(drain),
     );
     table.add(
         "a short lines",
         "through the engine (log file on, default ring) until wait()",
         eng,
         Some(base),
-        format!("**{} lines/s**", fmt_count(per_sec(n as f64, eng))),
+        format!("**{}**", lines_per_s(eng)),
     );
     table.note(format!(
-        "(a) engine / bare pipe drain = {:.2}×; engine time per line = {:.0} ns",
-        eng.as_secs_f64() / drain.as_secs_f64(),
-        eng.as_secs_f64() * 1e9 / n as f64
+        "(a) engine wall / bare pipe drain wall = {:.2}×; engine wall per line = {:.0} ns; \
+         engine-process CPU per line = {:.0} ns",
+        eng.wall.as_secs_f64() / drain.wall.as_secs_f64(),
+        ns_per(eng.wall, n),
+        ns_per(eng.cpu_self, n),
     ));
     // (e) memory, right after (a), before anything else grows the process.
     if let Some((run, stats)) = last {
@@ -329,30 +385,30 @@ fn case_b_long_lines(plan: &Plan, table: &mut Table) {
     let line = "x".repeat(plan.long_line - 1); // plus '\n' = long_line bytes per line
     let lines = bytes / plan.long_line as u64;
     eprintln!("(b) {bytes} bytes of {}-byte lines", plan.long_line);
-    // `yes` repeats its argument at GB/s; `head -c` cuts it. (A `tr | fold` pipeline
+    // `yes` repeats its argument at GB/s and `head -c` cuts it. (A `tr | fold` pipeline
     // would itself be the bottleneck: fold goes byte by byte.)
     const SCRIPT: &str = r#"yes "$1" | head -c "$2""#;
     let args = || ["-c", SCRIPT, "sh", line.as_str(), &bytes.to_string()].map(String::from);
+    let sh = || {
+        let mut c = Command::new("sh");
+        c.args(args());
+        c
+    };
     let (mut base, mut drain, mut eng) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..plan.reps {
-        let mut c = Command::new("sh");
-        c.args(args());
-        base.push(run_to_null(c));
-        let mut c = Command::new("sh");
-        c.args(args());
-        let (t, got) = run_to_pipe_drain(c);
+        base.push(run_to_null(sh()));
+        let (sample, got) = run_to_pipe_drain(sh());
         assert_eq!(got, bytes);
-        drain.push(t);
-        let (t, _run, stats) = engine_run(RunSpec::new("sh").args(args()));
+        drain.push(sample);
+        let (sample, _run, stats) = engine_run(RunSpec::new("sh").args(args()));
         assert_eq!(stats.entries, lines + 1, "every line must be captured");
-        assert_eq!(
-            stats.bytes,
-            lines * (plan.long_line as u64 - 1) + "exited with code 0".len() as u64
-        );
-        eng.push(t);
+        let system = "exited with code 0".len() as u64;
+        assert_eq!(stats.bytes, lines * (plan.long_line as u64 - 1) + system);
+        eng.push(sample);
     }
-    let (base, drain, eng) = (median(base), median(drain), median(eng));
+    let (base, drain, eng) = (median(&base), median(&drain), median(&eng));
     let mb = bytes as f64 / 1e6;
+    let mb_per_s = |s: Sample| format!("{:.0} MB/s", mb / s.wall.as_secs_f64());
     table.add(
         "b long lines",
         &format!(
@@ -361,14 +417,14 @@ fn case_b_long_lines(plan: &Plan, table: &mut Table) {
         ),
         base,
         None,
-        format!("{:.0} MB/s", mb / base.as_secs_f64()),
+        mb_per_s(base),
     );
     table.add(
         "b long lines",
         "same, through a pipe drained by a bare read loop",
         drain,
         Some(base),
-        format!("{:.0} MB/s", mb / drain.as_secs_f64()),
+        mb_per_s(drain),
     );
     table.add(
         "b long lines",
@@ -376,14 +432,16 @@ fn case_b_long_lines(plan: &Plan, table: &mut Table) {
         eng,
         Some(base),
         format!(
-            "**{:.0} MB/s** ({} lines/s)",
-            mb / eng.as_secs_f64(),
-            fmt_count(per_sec(lines as f64, eng))
+            "**{}** ({} lines/s)",
+            mb_per_s(eng),
+            fmt_count(per_sec(lines as f64, eng.wall))
         ),
     );
     table.note(format!(
-        "(b) engine / bare pipe drain = {:.2}×; MB = 10^6 bytes of child output",
-        eng.as_secs_f64() / drain.as_secs_f64()
+        "(b) engine wall / bare pipe drain wall = {:.2}×; engine-process CPU per MB = {:.2} ms \
+         (MB = 10^6 bytes of child output)",
+        eng.wall.as_secs_f64() / drain.wall.as_secs_f64(),
+        eng.cpu_self.as_secs_f64() * 1e3 / mb,
     ));
 }
 
@@ -400,7 +458,7 @@ fn count_all(mut sub: Subscription) -> u64 {
             Next::Gap { from_seq, to_seq } => {
                 panic!("subscriber lost entries {from_seq}..={to_seq}")
             }
-            Next::Status(_) => {}
+            Next::Status(_) | Next::Gpu { .. } => {}
             Next::End(_) => return expected,
             Next::Timeout => panic!("subscriber stalled at seq {expected}"),
         }
@@ -415,30 +473,31 @@ fn case_c_fan_out(plan: &Plan, table: &mut Table) {
     let (mut base, mut eng) = (Vec::new(), Vec::new());
     let mut delivered = 0u64;
     for _ in 0..plan.reps {
-        let (t, _run, stats) = engine_run(spec());
+        let (sample, _run, stats) = engine_run(spec());
         assert_eq!(stats.entries, n + 1);
-        base.push(t);
+        base.push(sample);
 
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = engine_with_log(dir.path());
-        let start = Instant::now();
-        let run = engine.submit(spec()).expect("submit");
-        let readers: Vec<_> = (0..subs)
-            .map(|i| {
-                let sub = run.subscribe(From::Start);
-                thread::Builder::new()
-                    .name(format!("bench-sub-{i}"))
-                    .spawn(move || count_all(sub))
-                    .expect("subscriber thread")
-            })
-            .collect();
-        let counts: Vec<u64> = readers
-            .into_iter()
-            .map(|h| h.join().expect("subscriber panicked"))
-            .collect();
-        let status = run.wait();
-        let elapsed = start.elapsed();
-        assert_eq!(status.status, RunState::Completed);
+        let (sample, (run, counts)) = measure(|| {
+            let run = engine.submit(spec()).expect("submit");
+            let readers: Vec<_> = (0..subs)
+                .map(|i| {
+                    let sub = run.subscribe(From::Start);
+                    thread::Builder::new()
+                        .name(format!("bench-sub-{i}"))
+                        .spawn(move || count_all(sub))
+                        .expect("subscriber thread")
+                })
+                .collect();
+            let counts: Vec<u64> = readers
+                .into_iter()
+                .map(|h| h.join().expect("subscriber panicked"))
+                .collect();
+            let status = run.wait();
+            assert_eq!(status.status, RunState::Completed);
+            (run, counts)
+        });
         let total = run.capture().stats().entries;
         assert_eq!(total, n + 1);
         assert!(
@@ -446,19 +505,20 @@ fn case_c_fan_out(plan: &Plan, table: &mut Table) {
             "every subscriber must get every entry: {counts:?} of {total}"
         );
         delivered = counts.iter().sum();
-        eng.push(elapsed);
+        eng.push(sample);
         drop(engine);
         drop(dir);
     }
-    let (base, eng) = (median(base), median(eng));
+    let (base, eng) = (median(&base), median(&eng));
     table.add(
         "c fan-out",
         &format!("`seq 1 {n}`, 0 subscribers (log file on)"),
         base,
         None,
-        format!("{} lines/s", fmt_count(per_sec(n as f64, base))),
+        format!("{} lines/s", fmt_count(per_sec(n as f64, base.wall))),
     );
-    let extra_ns = (eng.as_secs_f64() - base.as_secs_f64()) * 1e9 / delivered as f64;
+    let extra_wall = ns_per(eng.wall.saturating_sub(base.wall), delivered);
+    let extra_cpu = ns_per(eng.cpu_self.saturating_sub(base.cpu_self), delivered);
     table.add(
         "c fan-out",
         &format!(
@@ -468,8 +528,9 @@ fn case_c_fan_out(plan: &Plan, table: &mut Table) {
         eng,
         Some(base),
         format!(
-            "{} entries delivered/s; **{extra_ns:.0} ns extra per delivered entry**",
-            fmt_count(per_sec(delivered as f64, eng))
+            "{} entries delivered/s; **+{extra_wall:.0} ns wall, +{extra_cpu:.0} ns CPU per \
+             delivered entry**",
+            fmt_count(per_sec(delivered as f64, eng.wall))
         ),
     );
 }
@@ -489,6 +550,7 @@ fn find_python() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// `target/release/runstream` (`CARGO_BIN_EXE_*` is not relied on in benches).
 fn runstream_binary() -> Option<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -501,7 +563,11 @@ fn case_d_python(plan: &Plan, table: &mut Table) {
     let n = plan.py_lines;
     eprintln!("(d) realistic producer: python3 printing {n} lines");
     let Some(bin) = runstream_binary() else {
-        table.note("(d) skipped: build with cargo build --release first (target/release/runstream is missing)".into());
+        table.note(
+            "(d) skipped: build with cargo build --release first (target/release/runstream \
+             is missing)"
+                .into(),
+        );
         return;
     };
     let Some(python) = find_python() else {
@@ -525,9 +591,11 @@ fn case_d_python(plan: &Plan, table: &mut Table) {
         c.arg("--").arg(&python).args(&py_args);
         c
     };
-    let (mut base, mut eng, mut eng_log) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base, mut drain, mut eng, mut eng_log) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..plan.reps {
         base.push(run_to_null(direct()));
+        drain.push(run_to_pipe_drain(direct()).0);
         eng.push(run_to_null(through(None)));
         let dir = tempfile::tempdir().expect("temp dir");
         eng_log.push(run_to_null(through(Some(dir.path()))));
@@ -541,37 +609,59 @@ fn case_d_python(plan: &Plan, table: &mut Table) {
             .sum();
         assert_eq!(logged, n + 1, "the log file must hold every line");
     }
-    let (base, eng, eng_log) = (median(base), median(eng), median(eng_log));
+    let (base, drain, eng, eng_log) = (
+        median(&base),
+        median(&drain),
+        median(&eng),
+        median(&eng_log),
+    );
+    let lines_per_s = |s: Sample| format!("{} lines/s", fmt_count(per_sec(n as f64, s.wall)));
     table.add(
         "d python producer",
         &format!("`python3 -u -c <loop of {n} prints>` > /dev/null"),
         base,
         None,
-        format!("{} lines/s", fmt_count(per_sec(n as f64, base))),
+        lines_per_s(base),
+    );
+    table.add(
+        "d python producer",
+        "same, through a pipe drained by a bare read loop",
+        drain,
+        Some(base),
+        lines_per_s(drain),
     );
     table.add(
         "d python producer",
         "`runstream run --json -- python3 …` > /dev/null",
         eng,
         Some(base),
-        format!("{} lines/s", fmt_count(per_sec(n as f64, eng))),
+        lines_per_s(eng),
     );
     table.add(
         "d python producer",
         "same, with `--log-dir` (log file on)",
         eng_log,
         Some(base),
-        format!("{} lines/s", fmt_count(per_sec(n as f64, eng_log))),
+        lines_per_s(eng_log),
     );
     table.note(format!(
-        "(d) binary: {}; python: {}",
+        "(d) CPU ratio (runstream + python) / python alone = {:.2}× (no log), {:.2}× (log); \
+         binary: {}; python: {}",
+        eng.cpu_children.as_secs_f64() / base.cpu_children.as_secs_f64(),
+        eng_log.cpu_children.as_secs_f64() / base.cpu_children.as_secs_f64(),
         bin.display(),
         python.display()
     ));
 }
 
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is not supported (run it all).
     let plan = Plan::from_env();
     let mut table = Table::default();
     eprintln!(
@@ -583,6 +673,7 @@ fn main() {
     // RUNSTREAM_BENCH_CASES=a,c runs only those cases (handy under a profiler).
     let only = std::env::var("RUNSTREAM_BENCH_CASES").unwrap_or_default();
     let wanted = |case: &str| only.is_empty() || only.split(',').any(|c| c.trim() == case);
+    let load_before = loadavg();
     let started = Instant::now();
     if wanted("a") {
         case_a_short_lines(&plan, &mut table);
@@ -597,8 +688,10 @@ fn main() {
         case_d_python(&plan, &mut table);
     }
     table.note(format!(
-        "total bench wall time {:.1} s",
-        started.elapsed().as_secs_f64()
+        "total bench wall time {:.1} s; /proc/loadavg before: {load_before}, after: {} \
+         (other load on the machine skews wall times; CPU columns less so)",
+        started.elapsed().as_secs_f64(),
+        loadavg()
     ));
     table.print(&plan);
 }

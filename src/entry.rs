@@ -136,23 +136,43 @@ const KEYWORDS: [(&[u8], Level, u8); 8] = [
 ];
 
 fn keyword_level(text: &[u8]) -> Option<Level> {
+    // Every keyword starts with one of these letters (c, d, e, f, i, w in either case);
+    // skip the rest cheaply. Written as compares, not `matches!`, so that the block test
+    // below becomes a few vector compares rather than a per-byte bit-table lookup.
+    let may_start = |b: u8| {
+        let lower = b | 0x20;
+        (lower.wrapping_sub(b'c') < 4) | (lower == b'i') | (lower == b'w')
+    };
+    const BLOCK: usize = 16;
     let mut best: Option<(u8, Level)> = None;
-    for i in 0..text.len() {
-        // Every keyword starts with one of these letters; skip the rest cheaply.
-        if !matches!(text[i] | 0x20, b'e' | b'w' | b'd' | b'c' | b'f' | b'i') {
-            continue;
+    let mut from = 0;
+    while from < text.len() {
+        let to = (from + BLOCK).min(text.len());
+        // A whole block with no possible first letter is skipped by one branch-free test
+        // that the compiler vectorises (long lines are mostly such blocks).
+        if let Ok(block) = <&[u8; BLOCK]>::try_from(&text[from..to]) {
+            if !block.iter().fold(false, |hit, &b| hit | may_start(b)) {
+                from = to;
+                continue;
+            }
         }
-        let rest = &text[i..];
-        for &(word, level, rank) in &KEYWORDS {
-            if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
-                if rank == 0 {
-                    return Some(level);
-                }
-                if best.is_none_or(|(r, _)| rank < r) {
-                    best = Some((rank, level));
+        for i in from..to {
+            if !may_start(text[i]) {
+                continue;
+            }
+            let rest = &text[i..];
+            for &(word, level, rank) in &KEYWORDS {
+                if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
+                    if rank == 0 {
+                        return Some(level);
+                    }
+                    if best.is_none_or(|(r, _)| rank < r) {
+                        best = Some((rank, level));
+                    }
                 }
             }
         }
+        from = to;
     }
     best.map(|(_, level)| level)
 }
@@ -263,7 +283,7 @@ fn encode(
     const CLOSE: &str = "\"}";
     // serde_json escapes exactly `"`, `\\` and control characters below 0x20; text without
     // them is copied as is between quotes. The rest (rare) goes through serde_json itself.
-    let plain = !message.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    let plain = !needs_escape(message.as_bytes());
     let escaped = if plain {
         None
     } else {
@@ -319,6 +339,21 @@ fn encode(
         // Capacity is exactly the length: no reallocation here.
         json.into_boxed_str()
     })
+}
+
+/// Whether serde_json would escape any byte of `text` (`"`, `\\`, below 0x20). Tests
+/// 16-byte blocks without branching, which the compiler vectorises.
+fn needs_escape(text: &[u8]) -> bool {
+    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let blocks = text.chunks_exact(16);
+    let tail = blocks.remainder();
+    for block in blocks {
+        let block: &[u8; 16] = block.try_into().expect("chunks_exact gives whole blocks");
+        if block.iter().fold(false, |hit, &b| hit | special(b)) {
+            return true;
+        }
+    }
+    tail.iter().any(|&b| special(b))
 }
 
 /// `n` in decimal, written into the end of `buf`.
@@ -424,6 +459,68 @@ mod tests {
                     assert_eq!(Entry::from_json(e.json()), Some(e.clone()));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn keywords_and_escapes_are_found_at_every_offset() {
+        // The plain byte-by-byte scan keyword_level must agree with.
+        fn reference(text: &[u8]) -> Option<Level> {
+            let mut best: Option<(u8, Level)> = None;
+            for i in 0..text.len() {
+                for &(word, level, rank) in &KEYWORDS {
+                    let rest = &text[i..];
+                    if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
+                        if rank == 0 {
+                            return Some(level);
+                        }
+                        if best.is_none_or(|(r, _)| rank < r) {
+                            best = Some((rank, level));
+                        }
+                    }
+                }
+            }
+            best.map(|(_, level)| level)
+        }
+        let words = [
+            "",
+            "warn",
+            "WARNING",
+            "debug",
+            "Error",
+            "exception",
+            "fatal",
+            "info",
+            "crit",
+            "d",
+        ];
+        for pad in 0..40 {
+            for (a, b) in [(0, 1), (2, 4), (7, 3), (5, 9), (1, 1), (3, 8)] {
+                for filler in ["x", "cde"] {
+                    let text = format!(
+                        "{}{}{}{}",
+                        filler.repeat(pad),
+                        words[a],
+                        "y".repeat(pad % 17),
+                        words[b]
+                    );
+                    assert_eq!(
+                        keyword_level(text.as_bytes()),
+                        reference(text.as_bytes()),
+                        "{text:?}"
+                    );
+                }
+            }
+        }
+        for len in 0..40 {
+            for special in ["\"", "\\", "\n", "\u{1f}", "\u{0}", "\u{7f}", "é"] {
+                for at in 0..=len {
+                    let text = format!("{}{special}{}", "m".repeat(at), "m".repeat(len - at));
+                    let want = serde_json::to_string(&text).unwrap() != format!("\"{text}\"");
+                    assert_eq!(needs_escape(text.as_bytes()), want, "{text:?}");
+                }
+            }
+            assert!(!needs_escape("m".repeat(len).as_bytes()));
         }
     }
 
