@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::logfile::LogLocator;
+use crate::logfile::{LogLocator, INDEX_EVERY};
 use crate::{Entry, RunStatus};
 
 /// Most entries one `Subscription::next` call hands out, so one call never holds the lock
@@ -99,6 +99,9 @@ pub struct CaptureStats {
 pub struct OutputCapture {
     state: Mutex<CaptureState>,
     changed: Condvar,
+    /// Blocks of entries recently read back from the log: subscribers replaying the same
+    /// history (a page reload, many clients) decode each block once.
+    cold: Mutex<ColdBlocks>,
     /// Where each announced status is saved (`{run_id}.json`), when there is a log dir.
     status_file: Option<PathBuf>,
 }
@@ -139,6 +142,7 @@ impl OutputCapture {
             crate::logfile::save_status(path, &status);
         }
         OutputCapture {
+            cold: Mutex::new(ColdBlocks::default()),
             status_file,
             state: Mutex::new(CaptureState {
                 entries: VecDeque::new(),
@@ -313,8 +317,18 @@ impl OutputCapture {
         if from_seq < first {
             if let Some(log) = s.log.clone() {
                 drop(s);
-                let got = log.read(from_seq, first, max).unwrap_or_default();
-                let mut out: Vec<Arc<Entry>> = got.into_iter().map(Arc::new).collect();
+                let mut out = Vec::new();
+                let mut cursor = from_seq;
+                while cursor < first && out.len() < max {
+                    let to = first.min(cursor + (max - out.len()) as u64);
+                    match self.read_back(&log, cursor, to, first) {
+                        Ok(got) if !got.is_empty() => {
+                            cursor += got.len() as u64;
+                            out.extend(got);
+                        }
+                        _ => break,
+                    }
+                }
                 if out.len() < max {
                     let more = self.read(first, max - out.len()).0;
                     out.extend(more.into_iter().filter(|e| e.seq >= first));
@@ -325,6 +339,59 @@ impl OutputCapture {
         let skip = from_seq.saturating_sub(first) as usize;
         let out = s.entries.iter().skip(skip).take(max).cloned().collect();
         (out, next_seq)
+    }
+
+    /// Entries `from..to` read back from the log. Blocks wholly below `on_disk` (the first
+    /// seq still in memory: everything older is complete in the log) go through the block
+    /// cache.
+    fn read_back(
+        &self,
+        log: &LogLocator,
+        from: u64,
+        to: u64,
+        on_disk: u64,
+    ) -> std::io::Result<Vec<Arc<Entry>>> {
+        let block_start = from - from % INDEX_EVERY;
+        let block_end = block_start + INDEX_EVERY;
+        if block_end > on_disk {
+            return Ok(log
+                .read(from, to, MAX_BATCH)?
+                .into_iter()
+                .map(Arc::new)
+                .collect());
+        }
+        let cached = self
+            .cold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(block_start);
+        let block = match cached {
+            Some(block) => block,
+            None => {
+                let block: Block = log
+                    .read(block_start, block_end, INDEX_EVERY as usize)?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
+                if block.len() as u64 != INDEX_EVERY {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} ends inside entries {block_start}..{block_end}",
+                            log.path.display()
+                        ),
+                    ));
+                }
+                self.cold
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(block_start, Arc::clone(&block));
+                block
+            }
+        };
+        let lo = (from - block_start) as usize;
+        let hi = (to.min(block_end) - block_start) as usize;
+        Ok(block[lo..hi].to_vec())
     }
 
     /// A subscription on `capture` starting at `from`.
@@ -351,6 +418,46 @@ impl OutputCapture {
             next_transition,
             buffered: VecDeque::new(),
             ended: false,
+        }
+    }
+}
+
+/// Most blocks (of `INDEX_EVERY` entries) and bytes the block cache keeps.
+const COLD_MAX_BLOCKS: usize = 16;
+const COLD_MAX_BYTES: usize = 8 << 20;
+
+/// Entries decoded from one block of the log, shared by every reader of that block.
+type Block = Arc<[Arc<Entry>]>;
+
+/// A small least-recently-used cache of decoded log blocks: (first seq, entries, bytes).
+#[derive(Debug, Default)]
+struct ColdBlocks {
+    blocks: VecDeque<(u64, Block, usize)>,
+    bytes: usize,
+}
+
+impl ColdBlocks {
+    fn get(&mut self, start: u64) -> Option<Block> {
+        let pos = self.blocks.iter().position(|(s, _, _)| *s == start)?;
+        let hit = self.blocks.remove(pos)?;
+        let block = Arc::clone(&hit.1);
+        self.blocks.push_back(hit);
+        Some(block)
+    }
+
+    fn insert(&mut self, start: u64, block: Block) {
+        if self.blocks.iter().any(|(s, _, _)| *s == start) {
+            return;
+        }
+        let size: usize = block.iter().map(|e| e.size_in_memory()).sum();
+        self.bytes += size;
+        self.blocks.push_back((start, block, size));
+        while self.blocks.len() > COLD_MAX_BLOCKS
+            || (self.bytes > COLD_MAX_BYTES && self.blocks.len() > 1)
+        {
+            if let Some((_, _, size)) = self.blocks.pop_front() {
+                self.bytes -= size;
+            }
         }
     }
 }
@@ -417,10 +524,10 @@ impl Subscription {
                     if let Some(log) = s.log.clone() {
                         drop(s);
                         let to = first.min(entry_limit);
-                        match log.read(from_seq, to, MAX_BATCH) {
+                        match self.capture.read_back(&log, from_seq, to, first) {
                             Ok(got) if !got.is_empty() => {
                                 self.cursor += got.len() as u64;
-                                return Next::Entries(got.into_iter().map(Arc::new).collect());
+                                return Next::Entries(got);
                             }
                             Ok(_) | Err(_) => {
                                 log::warn!(

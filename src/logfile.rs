@@ -9,7 +9,7 @@ use crate::{Entry, RunStatus};
 
 /// One offset is remembered for every this many entries; reading back seeks to the nearest
 /// one and skips at most this many lines. Keeps the index tiny (2 M lines → 16 KB).
-const INDEX_EVERY: u64 = 1024;
+pub(crate) const INDEX_EVERY: u64 = 1024;
 
 /// Appends entries to a run's JSONL log and keeps a sparse seq → offset index.
 #[derive(Debug)]

@@ -35,8 +35,14 @@ pub fn stream(
         buf.clear();
         match sub.next(keep_alive) {
             Next::Entries(entries) => {
+                // The hot path of fan-out: plain appends of the shared encoding.
+                buf.reserve(entries.iter().map(|e| e.json().len() + 40).sum());
                 for e in &entries {
-                    let _ = write!(buf, "id: {}\nevent: log\ndata: {}\n\n", e.seq, e.json());
+                    buf.push_str("id: ");
+                    let _ = write!(buf, "{}", e.seq);
+                    buf.push_str("\nevent: log\ndata: ");
+                    buf.push_str(e.json());
+                    buf.push_str("\n\n");
                 }
             }
             Next::Gap { from_seq, to_seq } => {
