@@ -365,6 +365,12 @@ impl RunHandle {
     /// signalled; if it holds the output pipes, the run still finishes (see
     /// `EngineConfig::leak_timeout`). The final state is `cancelled`.
     ///
+    /// On Windows the child and all its descendants are in a job object none of them can
+    /// leave: the graceful step is `CTRL_BREAK_EVENT` to the child's console process group
+    /// (processes that started a group of their own, or that have no console in common with
+    /// runstream, do not get it), and when the grace period ends the whole job is
+    /// terminated (exit code 1). See docs/PLATFORMS.md.
+    ///
     /// Returns `false` when the run had already finished (nothing to do).
     pub fn cancel(&self) -> bool {
         if self.inner.capture.is_finished() {
@@ -376,8 +382,9 @@ impl RunHandle {
             .is_ok()
     }
 
-    /// Sends SIGKILL to the run's process group now, without a grace period (what a second
-    /// Ctrl-C does). A queued run is cancelled. Returns `false` when already finished.
+    /// Sends SIGKILL to the run's process group now (on Windows: terminates its job),
+    /// without a grace period (what a second Ctrl-C does). A queued run is cancelled.
+    /// Returns `false` when already finished.
     pub fn kill(&self) -> bool {
         if self.inner.capture.is_finished() {
             return false;

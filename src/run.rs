@@ -136,12 +136,12 @@ fn run(ctx: RunContext) {
                 s.waiting_for = None;
                 s.started_at = started_at;
                 s.pid = Some(spawned.pid);
-                s.process_start_time = process::proc_stat(spawned.pid).map(|p| p.start_time);
+                s.process_start_time = process::process_start_time(spawned.pid);
             });
-            let group = spawned.group.clone();
-            ctx.gpu.track(ticket.id, &group, &ctx.run_id, &ctx.capture);
+            ctx.gpu
+                .track(ticket.id, &spawned.group, &ctx.run_id, &ctx.capture);
+            // The supervisor untracks the run from the GPU monitor as it finishes.
             Supervisor::new(&ctx, spawned, out).run();
-            ctx.gpu.untrack(group.id());
         }
         Err(message) => {
             ctx.gpu.cancel_reservation(ticket.id);
@@ -454,10 +454,11 @@ impl<'a> Supervisor<'a> {
                 if self.grace.is_zero() {
                     self.kill_now(&format!("{n} process(es) of the group outlived the leader"));
                 } else {
-                    self.signal(Signal::Term, &format!(
-                        "{n} process(es) of the group outlived the leader: sent SIGTERM to process group {}",
-                        self.group.id()
-                    ));
+                    self.signal(
+                        Signal::Term,
+                        &format!("{n} process(es) of the group outlived the leader"),
+                        "",
+                    );
                     self.kill_at.get_or_insert(Instant::now() + self.grace);
                 }
             }
@@ -488,11 +489,8 @@ impl<'a> Supervisor<'a> {
         } else {
             self.signal(
                 Signal::Term,
-                &format!(
-                    "{why}: sent SIGTERM to process group {} (grace period {} s)",
-                    self.group.id(),
-                    self.grace.as_secs_f64()
-                ),
+                &why,
+                &format!(" (grace period {} s)", self.grace.as_secs_f64()),
             );
             self.kill_at = Some(Instant::now() + self.grace);
         }
@@ -505,10 +503,7 @@ impl<'a> Supervisor<'a> {
                 .capture
                 .update_status(true, |s| s.cancelling = true);
         }
-        self.signal(
-            Signal::Kill,
-            &format!("{why}: sent SIGKILL to process group {}", self.group.id()),
-        );
+        self.signal(Signal::Kill, why, "");
         self.killed = true;
         self.kill_at = None;
         if self.exit.is_some() {
@@ -517,17 +512,19 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn signal(&mut self, signal: Signal, message: &str) {
+    /// Signals the group and logs "{why}: sent SIGTERM to process group N{note}", or
+    /// "{why}: could not send …: {error}".
+    fn signal(&mut self, signal: Signal, why: &str, note: &str) {
+        let id = self.group.id();
         match self.group.signal(signal) {
-            Ok(true) => self.out.system(Level::Warning, message.to_string()),
+            Ok(true) => self.out.system(
+                Level::Warning,
+                format!("{why}: {}{note}", signal.sent_message(id)),
+            ),
             Ok(false) => {}
             Err(e) => self.out.system(
                 Level::Error,
-                format!(
-                    "could not send {} to process group {}: {e}",
-                    signal.name(),
-                    self.group.id()
-                ),
+                format!("{why}: {}: {e}", signal.failure_message(id)),
             ),
         }
         if signal == Signal::Kill && self.exit.is_none() {
@@ -619,7 +616,9 @@ impl<'a> Supervisor<'a> {
             );
         }
         self.out.commit();
-        // Wake readers still blocked on a pipe a stray process holds, so they exit.
+        // Wake readers still blocked on a pipe a stray process holds, so they exit. (On
+        // Windows there is nothing to wake and the stopper is an empty type.)
+        #[allow(clippy::drop_non_drop)]
         drop(self.stopper.take());
         let state = match self.stop_reason {
             Some(StopReason::TimedOut) => RunState::TimedOut,
@@ -647,6 +646,9 @@ impl<'a> Supervisor<'a> {
             )),
             _ => None,
         };
+        // Untracked before the run reads as finished, so that whoever waited for the end
+        // never sees a finished run in the GPU report.
+        self.ctx.gpu.untrack(self.group.id());
         self.ctx.capture.finish(|s| {
             s.status = state;
             s.cancelling = false;

@@ -1,9 +1,21 @@
 //! Integration tests: one binary, one module per topic. Every test spawns real processes.
+//!
+//! Modules that drive `sh`, coreutils, `/proc` or unix signals are unix-only; `portable`
+//! runs everywhere through the `runstream-test-child` helper, and `windows` checks the job
+//! object and CTRL_BREAK path (run under wine in CI: see docs/PLATFORMS.md).
 
+#[cfg(unix)]
 mod cli;
+#[cfg(unix)]
 mod engine;
+#[cfg(unix)]
 mod gpu;
+mod portable;
+#[cfg(unix)]
 mod server;
+#[cfg(unix)]
 mod server_process;
 mod sse_client;
 mod util;
+#[cfg(windows)]
+mod windows;

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+#[cfg(unix)]
 use std::fs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ pub fn engine() -> Engine {
     Engine::new(EngineConfig::default())
 }
 
+#[cfg(unix)]
 pub fn sh(script: &str) -> RunSpec {
     RunSpec::new("sh").args(["-c", script])
 }
@@ -75,7 +77,33 @@ pub fn wait_running(run: &RunHandle) -> u32 {
     }
 }
 
+/// The `runstream-test-child` helper (tests/child/main.rs) doing `steps`.
+pub fn child<S: AsRef<str>>(steps: &[S]) -> RunSpec {
+    RunSpec::new(env!("CARGO_BIN_EXE_runstream-test-child"))
+        .args(steps.iter().map(|s| s.as_ref().to_string()))
+}
+
+/// Whether this test binary runs under wine rather than on a real Windows (wine's ntdll
+/// exports `wine_get_version`). Some Windows behaviour wine does not emulate: the tests
+/// that meet it say so on stderr and check what wine does instead.
+#[cfg(windows)]
+pub fn under_wine() -> bool {
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+    // SAFETY: ntdll is always loaded; both names are NUL-terminated.
+    unsafe {
+        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
+        !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
+    }
+}
+
+/// Never on unix.
+#[cfg(unix)]
+pub fn under_wine() -> bool {
+    false
+}
+
 /// Live (not zombie) processes of group `pgid`, from `/proc`.
+#[cfg(unix)]
 pub fn live_group_members(pgid: u32) -> Vec<u32> {
     let mut live = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
@@ -98,6 +126,7 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
 }
 
 /// Whether process `pid` is alive (not a zombie).
+#[cfg(unix)]
 pub fn is_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {

@@ -66,12 +66,18 @@ impl GpuSource for NvmlSource {
     }
 }
 
-/// Loads NVML. A machine with only the driver has `libnvidia-ml.so.1` and not the
-/// unversioned `libnvidia-ml.so` (that link comes with development packages), which is
-/// all `Nvml::init()` looks for: try the versioned name first.
+/// The NVML library. A unix machine with only the driver has `libnvidia-ml.so.1` and not
+/// the unversioned `libnvidia-ml.so` (that link comes with development packages), which is
+/// all `Nvml::init()` looks for. On Windows the driver installs `nvml.dll` in System32.
+#[cfg(not(windows))]
+const NVML_LIBRARY: &str = "libnvidia-ml.so.1";
+#[cfg(windows)]
+const NVML_LIBRARY: &str = "nvml.dll";
+
+/// Loads NVML: the driver's library name first, then `Nvml::init()`'s default.
 fn init() -> Result<Nvml, String> {
     Nvml::builder()
-        .lib_path(OsStr::new("libnvidia-ml.so.1"))
+        .lib_path(OsStr::new(NVML_LIBRARY))
         .init()
         .or_else(|first| Nvml::init().map_err(|_| first))
         .map_err(describe)
@@ -81,7 +87,9 @@ fn init() -> Result<Nvml, String> {
 fn describe(e: NvmlError) -> String {
     match e {
         NvmlError::LibloadingError(inner) => {
-            format!("NVML library not found (libnvidia-ml.so.1; is the NVIDIA driver installed?): {inner}")
+            format!(
+                "NVML library not found ({NVML_LIBRARY}; is the NVIDIA driver installed?): {inner}"
+            )
         }
         NvmlError::DriverNotLoaded => "the NVIDIA driver is not loaded".into(),
         NvmlError::NoPermission => "no permission to talk to the NVIDIA driver".into(),

@@ -1,5 +1,5 @@
 //! Unix process control: `process_group(0)` spawn, `killpg`, `/proc` group scans, and pipe
-//! reads that another thread can interrupt.
+//! reads that another thread can interrupt. `windows.rs` has the same names.
 
 use std::ffi::OsString;
 use std::fs;
@@ -96,6 +96,16 @@ impl Signal {
             Signal::Kill => "SIGKILL",
         }
     }
+
+    /// What was done, for the run's log: "sent SIGTERM to process group 1234".
+    pub fn sent_message(self, group: u32) -> String {
+        format!("sent {} to process group {group}", self.name())
+    }
+
+    /// What could not be done, for the run's log.
+    pub fn failure_message(self, group: u32) -> String {
+        format!("could not send {} to process group {group}", self.name())
+    }
 }
 
 /// A run's process group: the child leads it (its pid is the group id) and every
@@ -107,6 +117,7 @@ pub(crate) struct ProcessGroup {
 
 impl ProcessGroup {
     /// The group of a process we did not spawn (a run found on disk after a restart).
+    #[cfg(feature = "server")]
     pub fn from_id(id: u32) -> ProcessGroup {
         ProcessGroup { id }
     }
@@ -159,6 +170,12 @@ pub(crate) struct ProcStat {
     /// Clock ticks after boot when the process started (field 22): with the pid, it names
     /// a process uniquely even after pids wrap around.
     pub start_time: u64,
+}
+
+/// When process `pid` started (clock ticks after boot), to tell it from a later process
+/// with the same pid after a restart.
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.start_time)
 }
 
 /// Reads `/proc/PID/stat`.

@@ -1,10 +1,11 @@
 //! Runs on disk after a restart: finished runs are listed again with their logs; runs that
 //! were live when the server died are marked failed and what is left of their process
-//! groups is terminated.
+//! groups is terminated (on unix; on Windows nothing is left, see `terminate_leftovers`).
 
 use std::path::Path;
 use std::time::Duration;
 
+#[cfg(unix)]
 use crate::process::{self, ProcessGroup, Signal};
 use crate::{Engine, RunState, RunStatus, Timestamp};
 
@@ -57,6 +58,7 @@ pub fn recover(engine: &Engine, dir: &Path, grace: Duration) -> (usize, usize) {
 /// SIGTERM, then SIGKILL after `grace`, to what is left of a lost run's process group, in
 /// the background. The group is only touched when its leader is gone or is still the
 /// very process we started (same start time): a reused pid is never signalled.
+#[cfg(unix)]
 fn terminate_leftovers(status: &RunStatus, grace: Duration) {
     let Some(pgid) = status.pid else { return };
     if let Some(leader) = process::proc_stat(pgid) {
@@ -86,3 +88,9 @@ fn terminate_leftovers(status: &RunStatus, grace: Duration) {
         let _ = group.signal(Signal::Kill);
     });
 }
+
+/// Nothing to do on Windows: a run's processes were in a job object whose only handle was
+/// the server's, with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`, so Windows killed them all
+/// when the server stopped, however it stopped.
+#[cfg(windows)]
+fn terminate_leftovers(_status: &RunStatus, _grace: Duration) {}

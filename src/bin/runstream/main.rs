@@ -5,6 +5,7 @@ mod args;
 mod gpu_command;
 mod run_command;
 mod serve_command;
+mod stop_requests;
 
 use args::Command;
 

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runstream::{Engine, EngineConfig, From, Level, Next, RunSpec, RunState, RunStatus, Stream};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::args::RunArgs;
+use crate::stop_requests;
 
 /// Runs the command; returns the process exit status to use.
 pub fn run(args: RunArgs) -> i32 {
@@ -39,19 +38,22 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
-    // First SIGINT/SIGTERM: graceful cancel. Second: kill.
+    // First SIGINT/SIGTERM (Windows: Ctrl-C/Ctrl-Break): graceful cancel. Second: kill.
     let user_stopped = Arc::new(AtomicBool::new(false));
-    match Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
+    match stop_requests::listen() {
+        Ok(requests) => {
             let run = run.clone();
             let user_stopped = Arc::clone(&user_stopped);
             std::thread::spawn(move || {
-                for _ in signals.forever() {
+                for () in requests {
                     if user_stopped.swap(true, Ordering::SeqCst) {
                         eprintln!("runstream: killing the process group");
                         run.kill();
                     } else {
-                        eprintln!("runstream: stopping (SIGTERM; press Ctrl-C again to kill)");
+                        eprintln!(
+                            "runstream: stopping ({}; press Ctrl-C again to kill)",
+                            stop_requests::GRACEFUL
+                        );
                         run.cancel();
                     }
                 }

@@ -1,4 +1,4 @@
-//! `runstream serve`: the HTTP server, until SIGINT/SIGTERM.
+//! `runstream serve`: the HTTP server, until SIGINT/SIGTERM (Windows: Ctrl-C/Ctrl-Break).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use runstream::server::{Catalogue, Server, ServerConfig};
 use runstream::{Engine, EngineConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::args::parse_duration;
+use crate::stop_requests;
 
 pub const USAGE: &str = "\
 usage: runstream serve [OPTIONS]
@@ -120,7 +119,7 @@ pub fn run(options: Vec<String>) -> i32 {
         return 1;
     }
     let grace = args.engine.default_grace;
-    let signals = match Signals::new([SIGINT, SIGTERM]) {
+    let signal_rx = match stop_requests::listen() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("runstream: cannot handle signals: {e}");
@@ -139,15 +138,6 @@ pub fn run(options: Vec<String>) -> i32 {
     let _ = std::io::stdout().flush();
     log::info!("data in {}", args.data_dir.display());
 
-    let (signal_tx, signal_rx) = crossbeam_channel::unbounded();
-    let mut signals = signals;
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if signal_tx.send(signal).is_err() {
-                return;
-            }
-        }
-    });
     if signal_rx.recv().is_err() {
         return 1;
     }
