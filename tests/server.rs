@@ -701,3 +701,29 @@ fn raw_commands_need_allow_commands_and_are_validated() {
         );
     }
 }
+
+/// Regression: tiny_http's thread pool queued a connection behind busy threads when two
+/// arrived together, and with long-lived SSE connections it waited forever (50 of 100
+/// clients in the SSE bench). Fixed in vendor/tiny_http.
+#[test]
+fn a_hundred_clients_connecting_at_once_all_get_their_stream() {
+    let s = start();
+    let id = s.start_module("wait", json!({}));
+    let addr = s.server.addr();
+    let barrier = Arc::new(std::sync::Barrier::new(100));
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let (barrier, id) = (Arc::clone(&barrier), id.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                let mut c = SseClient::connect(addr, &format!("/api/runs/{id}/logs/stream"), &[]);
+                assert_eq!(c.status, 200);
+                c.until(|e| e.event == "log");
+                c
+            })
+        })
+        .collect();
+    let connected: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(connected.len(), 100);
+    s.call("POST", &format!("/api/runs/{id}/cancel"), None);
+}
