@@ -46,6 +46,11 @@ enum Input {
 /// behind, readers block, the pipe fills, and the child waits: backpressure reaches only
 /// the child.
 const INPUT_CAPACITY: usize = 64;
+/// Reads shorter than this, less than `BURST_GAP` apart, count as a burst of small writes;
+/// the reader then pauses `BURST_PAUSE` before reading again (see `spawn_reader`).
+const SMALL_READ: usize = 4096;
+const BURST_GAP: Duration = Duration::from_micros(50);
+const BURST_PAUSE: Duration = Duration::from_micros(50);
 /// Bytes one `read()` may return.
 const READ_BUFFER: usize = 64 * 1024;
 /// How many stderr lines are kept for a failed run's `error_message`.
@@ -676,6 +681,7 @@ fn spawn_reader(
     let watch = watch.and_then(|w| w.try_clone().ok());
     let body = move || {
         let mut buf = vec![0u8; READ_BUFFER];
+        let mut last_read = Instant::now() - BURST_GAP;
         loop {
             let read = match &watch {
                 Some(w) => process::read_or_stop(&mut pipe, w, &mut buf),
@@ -686,6 +692,16 @@ fn spawn_reader(
                     if tx.send(Input::Chunk(stream, buf[..n].to_vec())).is_err() {
                         return; // the run is over
                     }
+                    // A child that writes many small pieces back to back (python -u: two
+                    // writes per print) would wake this thread, and through it the run
+                    // thread and every subscriber, once per write. In such a burst, let the
+                    // pipe fill a little before reading again: one short pause per read
+                    // instead of a wake-up per write. A lone line is read at once.
+                    let now = Instant::now();
+                    if n < SMALL_READ && now - last_read < BURST_GAP {
+                        thread::sleep(BURST_PAUSE);
+                    }
+                    last_read = now;
                 }
                 Ok(None) => return, // stopped: the run finished without this pipe
                 Ok(Some(_)) | Err(_) => {
