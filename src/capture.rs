@@ -99,9 +99,8 @@ pub struct CaptureStats {
 pub struct OutputCapture {
     state: Mutex<CaptureState>,
     changed: Condvar,
-    /// Blocks of entries recently read back from the log: subscribers replaying the same
-    /// history (a page reload, many clients) decode each block once.
-    cold: Mutex<ColdBlocks>,
+    /// Names this capture in the process-wide cache of decoded log blocks.
+    cache_id: u64,
     /// Where each announced status is saved (`{run_id}.json`), when there is a log dir.
     status_file: Option<PathBuf>,
 }
@@ -141,8 +140,9 @@ impl OutputCapture {
         if let Some(path) = &status_file {
             crate::logfile::save_status(path, &status);
         }
+        static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         OutputCapture {
-            cold: Mutex::new(ColdBlocks::default()),
+            cache_id: NEXT_CACHE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             status_file,
             state: Mutex::new(CaptureState {
                 entries: VecDeque::new(),
@@ -360,11 +360,8 @@ impl OutputCapture {
                 .map(Arc::new)
                 .collect());
         }
-        let cached = self
-            .cold
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(block_start);
+        let key = (self.cache_id, block_start);
+        let cached = cold_blocks().get(key);
         let block = match cached {
             Some(block) => block,
             None => {
@@ -382,10 +379,7 @@ impl OutputCapture {
                         ),
                     ));
                 }
-                self.cold
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(block_start, Arc::clone(&block));
+                cold_blocks().insert(key, Arc::clone(&block));
                 block
             }
         };
@@ -422,36 +416,49 @@ impl OutputCapture {
     }
 }
 
-/// Most blocks (of `INDEX_EVERY` entries) and bytes the block cache keeps.
-const COLD_MAX_BLOCKS: usize = 16;
-const COLD_MAX_BYTES: usize = 8 << 20;
+/// Most blocks (of `INDEX_EVERY` entries) and bytes the block cache keeps, for all runs
+/// together: replays of any number of runs never hold more than this.
+const COLD_MAX_BLOCKS: usize = 128;
+const COLD_MAX_BYTES: usize = 32 << 20;
 
-/// Entries decoded from one block of the log, shared by every reader of that block.
+/// Entries decoded from one block of a run's log, shared by every reader of that block.
 type Block = Arc<[Arc<Entry>]>;
 
-/// A small least-recently-used cache of decoded log blocks: (first seq, entries, bytes).
-#[derive(Debug, Default)]
+/// The process-wide least-recently-used cache of decoded log blocks, keyed by (capture,
+/// first seq of the block). Subscribers replaying the same history (a page reload, many
+/// clients at once) decode each block once.
+fn cold_blocks() -> MutexGuard<'static, ColdBlocks> {
+    static COLD: Mutex<ColdBlocks> = Mutex::new(ColdBlocks {
+        blocks: VecDeque::new(),
+        bytes: 0,
+    });
+    COLD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
 struct ColdBlocks {
-    blocks: VecDeque<(u64, Block, usize)>,
+    /// (key, entries, bytes), least recently used first.
+    blocks: VecDeque<((u64, u64), Block, usize)>,
     bytes: usize,
 }
 
 impl ColdBlocks {
-    fn get(&mut self, start: u64) -> Option<Block> {
-        let pos = self.blocks.iter().position(|(s, _, _)| *s == start)?;
+    fn get(&mut self, key: (u64, u64)) -> Option<Block> {
+        // Readers of one history move forward together: the block is usually near the back.
+        let pos = self.blocks.iter().rposition(|(k, _, _)| *k == key)?;
         let hit = self.blocks.remove(pos)?;
         let block = Arc::clone(&hit.1);
         self.blocks.push_back(hit);
         Some(block)
     }
 
-    fn insert(&mut self, start: u64, block: Block) {
-        if self.blocks.iter().any(|(s, _, _)| *s == start) {
+    fn insert(&mut self, key: (u64, u64), block: Block) {
+        if self.blocks.iter().any(|(k, _, _)| *k == key) {
             return;
         }
         let size: usize = block.iter().map(|e| e.size_in_memory()).sum();
         self.bytes += size;
-        self.blocks.push_back((start, block, size));
+        self.blocks.push_back((key, block, size));
         while self.blocks.len() > COLD_MAX_BLOCKS
             || (self.bytes > COLD_MAX_BYTES && self.blocks.len() > 1)
         {

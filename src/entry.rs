@@ -227,6 +227,12 @@ impl Entry {
 
     /// Reads an entry back from its JSON line (as the run log stores it).
     pub fn from_json(line: &str) -> Option<Entry> {
+        let line = line.trim_end();
+        // Replays read whole logs back: parse our own encoding directly, and fall back to
+        // serde_json for anything else (other field order, extra spaces).
+        if let Some(entry) = parse_own_encoding(line) {
+            return Some(entry);
+        }
         #[derive(Deserialize)]
         struct Wire {
             seq: u64,
@@ -252,6 +258,57 @@ impl Entry {
     pub fn size_in_memory(&self) -> usize {
         std::mem::size_of::<Entry>() + self.message.len() + self.json.len()
     }
+}
+
+/// Parses exactly what `encode` writes, without a JSON parser for the fixed parts: the
+/// constant pieces are stripped, the variable ones end at the next `"` (a byte search).
+fn parse_own_encoding(line: &str) -> Option<Entry> {
+    fn until_quote(text: &str) -> Option<(&str, &str)> {
+        text.split_once('"')
+    }
+    let rest = line.strip_prefix("{\"seq\":")?;
+    let (seq, rest) = rest.split_once(',')?;
+    let seq: u64 = seq.parse().ok()?;
+    let (timestamp, rest) = until_quote(rest.strip_prefix("\"timestamp\":\"")?)?;
+    let timestamp = Timestamp::parse(timestamp)?;
+    let (stream, rest) = until_quote(rest.strip_prefix(",\"stream\":\"")?)?;
+    let stream = match stream {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        "system" => Stream::System,
+        _ => return None,
+    };
+    let (level, rest) = until_quote(rest.strip_prefix(",\"level\":\"")?)?;
+    let level = match level {
+        "DEBUG" => Level::Debug,
+        "INFO" => Level::Info,
+        "WARNING" => Level::Warning,
+        "ERROR" => Level::Error,
+        "CRITICAL" => Level::Critical,
+        _ => return None,
+    };
+    let rest = rest.strip_prefix(",\"message\":")?;
+    // The line ends with `,"end":"xx"}`; the message (a JSON string) is what comes before.
+    let (message, end) = if let Some(m) = rest.strip_suffix(",\"end\":\"lf\"}") {
+        (m, LineEnd::Lf)
+    } else if let Some(m) = rest.strip_suffix(",\"end\":\"cr\"}") {
+        (m, LineEnd::Cr)
+    } else {
+        (rest.strip_suffix(",\"end\":\"none\"}")?, LineEnd::None)
+    };
+    let message = match message.strip_prefix('"').and_then(|m| m.strip_suffix('"')) {
+        Some(plain) if !plain.contains(['\\', '"']) => plain.to_string(),
+        _ => serde_json::from_str::<String>(message).ok()?,
+    };
+    Some(Entry {
+        seq,
+        timestamp,
+        stream,
+        level,
+        message,
+        end,
+        json: line.into(),
+    })
 }
 
 thread_local! {
@@ -357,7 +414,7 @@ fn needs_escape(text: &[u8]) -> bool {
 }
 
 /// `n` in decimal, written into the end of `buf`.
-fn u64_text(mut n: u64, buf: &mut [u8; 20]) -> &str {
+pub(crate) fn u64_text(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -398,6 +455,39 @@ mod tests {
             r#"{"seq":41,"timestamp":"1970-01-01T00:00:00.000000Z","stream":"stderr","level":"ERROR","message":"bad \"quote\" �\n","end":"lf"}"#
         );
         assert_eq!(Entry::from_json(e.json()), Some(e.clone()));
+        assert_eq!(parse_own_encoding(e.json()), Some(e.clone()));
+        // The fast path and serde_json agree on every kind of message.
+        for message in [
+            "",
+            "plain",
+            "quote \" and \\ back",
+            "tab\tnew\nline",
+            "\u{1}\u{1f}",
+            "é ✓ \u{fffd}",
+            ",\"end\":\"lf\"}",
+        ] {
+            for end in [LineEnd::Lf, LineEnd::Cr, LineEnd::None] {
+                let e = Entry::new(
+                    7,
+                    Timestamp::from_micros(1_764_144_000_123_456),
+                    Stream::System,
+                    Level::Critical,
+                    message.into(),
+                    end,
+                );
+                assert_eq!(
+                    parse_own_encoding(e.json()).as_ref(),
+                    Some(&e),
+                    "{message:?}"
+                );
+            }
+        }
+        // Other shapes still parse through serde_json.
+        let spaced = r#"{"seq": 3, "end": "cr", "timestamp": "2026-11-26T08:00:00Z", "stream": "stdout", "level": "INFO", "message": "x"}"#;
+        assert_eq!(
+            Entry::from_json(spaced).map(|e| (e.seq, e.end)),
+            Some((3, LineEnd::Cr))
+        );
         assert_eq!(serde_json::to_string(&e).unwrap(), e.json());
     }
 
@@ -457,6 +547,39 @@ mod tests {
                     );
                     assert_eq!(e.json(), reference(&e));
                     assert_eq!(Entry::from_json(e.json()), Some(e.clone()));
+                    assert_eq!(parse_own_encoding(e.json()), Some(e.clone()));
+                    // The fast path and serde_json agree on every kind of message.
+                    for message in [
+                        "",
+                        "plain",
+                        "quote \" and \\ back",
+                        "tab\tnew\nline",
+                        "\u{1}\u{1f}",
+                        "é ✓ \u{fffd}",
+                        ",\"end\":\"lf\"}",
+                    ] {
+                        for end in [LineEnd::Lf, LineEnd::Cr, LineEnd::None] {
+                            let e = Entry::new(
+                                7,
+                                Timestamp::from_micros(1_764_144_000_123_456),
+                                Stream::System,
+                                Level::Critical,
+                                message.into(),
+                                end,
+                            );
+                            assert_eq!(
+                                parse_own_encoding(e.json()).as_ref(),
+                                Some(&e),
+                                "{message:?}"
+                            );
+                        }
+                    }
+                    // Other shapes still parse through serde_json.
+                    let spaced = r#"{"seq": 3, "end": "cr", "timestamp": "2026-11-26T08:00:00Z", "stream": "stdout", "level": "INFO", "message": "x"}"#;
+                    assert_eq!(
+                        Entry::from_json(spaced).map(|e| (e.seq, e.end)),
+                        Some((3, LineEnd::Cr))
+                    );
                 }
             }
         }

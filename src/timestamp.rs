@@ -55,11 +55,9 @@ impl Timestamp {
             return None;
         }
         let num = |r: std::ops::Range<usize>| -> Option<i64> {
-            let s = std::str::from_utf8(b.get(r)?).ok()?;
-            if !s.bytes().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            s.parse().ok()
+            b.get(r)?.iter().try_fold(0i64, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+            })
         };
         if b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
             return None;

@@ -31,6 +31,7 @@ pub fn stream(
     let mut out = ChunkedWriter::start(request, "200 OK", &headers)?;
     out.chunk(format!("retry: {}\n\n", retry.as_millis()).as_bytes())?;
     let mut buf = String::new();
+    let mut digits = [0u8; 20];
     loop {
         buf.clear();
         match sub.next(keep_alive) {
@@ -39,7 +40,7 @@ pub fn stream(
                 buf.reserve(entries.iter().map(|e| e.json().len() + 40).sum());
                 for e in &entries {
                     buf.push_str("id: ");
-                    let _ = write!(buf, "{}", e.seq);
+                    buf.push_str(crate::entry::u64_text(e.seq, &mut digits));
                     buf.push_str("\nevent: log\ndata: ");
                     buf.push_str(e.json());
                     buf.push_str("\n\n");
