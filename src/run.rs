@@ -47,10 +47,12 @@ enum Input {
 /// the child.
 const INPUT_CAPACITY: usize = 64;
 /// Reads shorter than this, less than `BURST_GAP` apart, count as a burst of small writes;
-/// the reader then pauses `BURST_PAUSE` before reading again (see `spawn_reader`).
+/// the reader then pauses `BURST_PAUSE` before reading again (see `spawn_reader`). A
+/// 64 KiB pipe holds milliseconds of even a fast line-by-line writer, so the pause only
+/// batches; a child that fills the pipe just waits as it would for a slow reader.
 const SMALL_READ: usize = 4096;
 const BURST_GAP: Duration = Duration::from_micros(50);
-const BURST_PAUSE: Duration = Duration::from_micros(50);
+const BURST_PAUSE: Duration = Duration::from_micros(200);
 /// Bytes one `read()` may return.
 const READ_BUFFER: usize = 64 * 1024;
 /// How many stderr lines are kept for a failed run's `error_message`.
@@ -695,13 +697,12 @@ fn spawn_reader(
                     // A child that writes many small pieces back to back (python -u: two
                     // writes per print) would wake this thread, and through it the run
                     // thread and every subscriber, once per write. In such a burst, let the
-                    // pipe fill a little before reading again: one short pause per read
+                    // pipe fill for 200 µs before reading again: one short pause per read
                     // instead of a wake-up per write. A lone line is read at once.
-                    let now = Instant::now();
-                    if n < SMALL_READ && now - last_read < BURST_GAP {
+                    if n < SMALL_READ && last_read.elapsed() < BURST_GAP {
                         thread::sleep(BURST_PAUSE);
                     }
-                    last_read = now;
+                    last_read = Instant::now();
                 }
                 Ok(None) => return, // stopped: the run finished without this pipe
                 Ok(Some(_)) | Err(_) => {
