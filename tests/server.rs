@@ -727,3 +727,39 @@ fn a_hundred_clients_connecting_at_once_all_get_their_stream() {
     assert_eq!(connected.len(), 100);
     s.call("POST", &format!("/api/runs/{id}/cancel"), None);
 }
+
+#[test]
+fn streams_beyond_the_limit_get_503_and_a_freed_slot_is_reusable() {
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            max_sse_clients: 2,
+            keep_alive: Duration::from_millis(50),
+            ..ServerConfig::default()
+        },
+    );
+    let id = s.start_module("wait", json!({}));
+    let mut open: Vec<_> = (0..2).map(|_| s.sse(&id, "", &[])).collect();
+    for c in &mut open {
+        assert_eq!(c.status, 200);
+        c.until(|e| e.event == "log");
+    }
+    assert_error(
+        s.call("GET", &format!("/api/runs/{id}/logs/stream"), None),
+        503,
+        "RESOURCE_LIMIT_EXCEEDED",
+    );
+    // The API itself still answers.
+    assert_eq!(s.call("GET", &format!("/api/runs/{id}"), None).0, 200);
+    drop(open.pop());
+    let deadline = Instant::now() + PATIENCE;
+    while s.server.sse_clients() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream was not noticed"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(s.sse(&id, "", &[]).status, 200);
+    s.call("POST", &format!("/api/runs/{id}/cancel"), None);
+}

@@ -469,16 +469,6 @@ fn stream_start(state: &AppState, id: &str, request: &Request) -> Result<Reply, 
             ));
         }
     }
-    if state.sse_clients.load(Ordering::SeqCst) >= state.config.max_sse_clients {
-        return Err(ApiError::new(
-            503,
-            "RESOURCE_LIMIT_EXCEEDED",
-            format!(
-                "too many streams open (limit {})",
-                state.config.max_sse_clients
-            ),
-        ));
-    }
     Ok(Reply::Stream(run, from))
 }
 
@@ -489,8 +479,26 @@ fn stream(
     request: Request,
     cors: &[(&'static str, String)],
 ) {
-    state.sse_clients.fetch_add(1, Ordering::SeqCst);
+    // Counted and checked in one step, so concurrent connections cannot overshoot.
+    let open = state.sse_clients.fetch_add(1, Ordering::SeqCst) + 1;
     let _slot = SseSlot(state);
+    if open > state.config.max_sse_clients {
+        let e = ApiError::new(
+            503,
+            "RESOURCE_LIMIT_EXCEEDED",
+            format!(
+                "too many streams open (limit {})",
+                state.config.max_sse_clients
+            ),
+        );
+        let response = cors
+            .iter()
+            .fold(json_response(e.status, &e.body()), |r, (k, v)| {
+                r.with_header(header(k, v))
+            });
+        let _ = request.respond(response);
+        return;
+    }
     let sub = run.subscribe(from);
     let headers: Vec<(&str, &str)> = cors.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if let Err(e) = sse::stream(
