@@ -43,18 +43,19 @@ impl RunState {
         }
     }
 
+    /// Every state, in lifecycle order.
+    pub const ALL: [RunState; 6] = [
+        RunState::Queued,
+        RunState::Running,
+        RunState::Completed,
+        RunState::Failed,
+        RunState::Cancelled,
+        RunState::TimedOut,
+    ];
+
     /// Parses the JSON name back.
     pub fn parse(name: &str) -> Option<RunState> {
-        [
-            RunState::Queued,
-            RunState::Running,
-            RunState::Completed,
-            RunState::Failed,
-            RunState::Cancelled,
-            RunState::TimedOut,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
+        RunState::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 

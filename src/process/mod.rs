@@ -2,6 +2,9 @@
 //! Platform code sits behind the same names in `unix.rs` (process groups, signals, `/proc`)
 //! and `windows.rs` (a job object per run, `CTRL_BREAK_EVENT`, `TerminateJobObject`).
 
+mod command;
+pub(crate) use command::*;
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]

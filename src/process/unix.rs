@@ -1,64 +1,27 @@
 //! Unix process control: `process_group(0)` spawn, `killpg`, `/proc` group scans, and pipe
 //! reads that another thread can interrupt. `windows.rs` has the same names.
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 
 use os_pipe::{PipeReader, PipeWriter};
 use shared_child::SharedChild;
 
+use super::{prepare, spawn_error, PreparedCommand, Spawned};
 use crate::spec::RunSpec;
-
-/// A freshly spawned child: its handle, its process group, and the parent's read ends of
-/// its output pipes.
-pub(crate) struct Spawned {
-    pub child: SharedChild,
-    pub pid: u32,
-    pub group: ProcessGroup,
-    pub stdout: PipeReader,
-    pub stderr: PipeReader,
-}
 
 /// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
 /// pipes. Errors are worded for a person ("working directory … does not exist").
 pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
-    if let Some(dir) = &spec.cwd {
-        // Command reports a bad cwd as ENOENT, the same as a missing program: check first
-        // so the error says which.
-        if !dir.is_dir() {
-            return Err(format!(
-                "working directory {} does not exist or is not a directory",
-                dir.display()
-            ));
-        }
-    }
-    let pipe = || os_pipe::pipe().map_err(|e| format!("could not create a pipe: {e}"));
-    let (stdout, stdout_w) = pipe()?;
-    let (stderr, stderr_w) = pipe()?;
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .stdin(Stdio::null())
-        .stdout(stdout_w)
-        .stderr(stderr_w)
-        .process_group(0);
-    if let Some(dir) = &spec.cwd {
-        command.current_dir(dir);
-    }
-    if spec.env.clear {
-        command.env_clear();
-    }
-    for (key, value) in &spec.env.changes {
-        match value {
-            Some(v) => command.env(key, v),
-            None => command.env_remove(key),
-        };
-    }
+    let PreparedCommand {
+        mut command,
+        stdout,
+        stderr,
+    } = prepare(spec)?;
+    command.process_group(0);
     let child = SharedChild::spawn(&mut command).map_err(|e| spawn_error(&spec.program, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
@@ -71,15 +34,6 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
         stdout,
         stderr,
     })
-}
-
-fn spawn_error(program: &OsString, e: io::Error) -> String {
-    let name = Path::new(program).display();
-    match e.kind() {
-        io::ErrorKind::NotFound => format!("program not found: {name}"),
-        io::ErrorKind::PermissionDenied => format!("permission denied executing {name}"),
-        _ => format!("could not start {name}: {e}"),
-    }
 }
 
 /// A signal the engine sends to a process group.

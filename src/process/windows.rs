@@ -36,7 +36,7 @@ use std::os::windows::ffi::OsStringExt;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::ptr;
 use std::sync::Arc;
 
@@ -61,38 +61,21 @@ use windows_sys::Win32::System::Threading::{
     PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, THREAD_SUSPEND_RESUME,
 };
 
+use super::{prepare, spawn_error, PreparedCommand, Spawned};
 use crate::spec::RunSpec;
 
 /// The exit code of every process of a job the engine terminates (as `Child::kill`).
 const KILLED_EXIT_CODE: u32 = 1;
 
-/// A freshly spawned child: its handle, its process group, and the parent's read ends of
-/// its output pipes.
-pub(crate) struct Spawned {
-    pub child: SharedChild,
-    pub pid: u32,
-    pub group: ProcessGroup,
-    pub stdout: PipeReader,
-    pub stderr: PipeReader,
-}
-
 /// Spawns `spec` as the leader of a new console process group, inside a new job object,
 /// stdin null, stdout and stderr on two pipes. Errors are worded for a person.
 pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
-    if let Some(dir) = &spec.cwd {
-        // As on unix: say which of program and directory is missing.
-        if !dir.is_dir() {
-            return Err(format!(
-                "working directory {} does not exist or is not a directory",
-                dir.display()
-            ));
-        }
-    }
     let job = Job::new().map_err(|e| format!("could not create a job object: {e}"))?;
-    let pipe = || os_pipe::pipe().map_err(|e| format!("could not create a pipe: {e}"));
-    let (stdout, stdout_w) = pipe()?;
-    let (stderr, stderr_w) = pipe()?;
-    let mut command = Command::new(&spec.program);
+    let PreparedCommand {
+        mut command,
+        stdout,
+        stderr,
+    } = prepare(spec)?;
     // Suspended until it is in the job: a child that started a grandchild before being
     // assigned would leave that grandchild outside.
     let mut flags = CREATE_NEW_PROCESS_GROUP | CREATE_SUSPENDED;
@@ -100,24 +83,7 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
         // Without a console of ours, a console program would get a new console *window*.
         flags |= CREATE_NO_WINDOW;
     }
-    command
-        .args(&spec.args)
-        .stdin(Stdio::null())
-        .stdout(stdout_w)
-        .stderr(stderr_w)
-        .creation_flags(flags);
-    if let Some(dir) = &spec.cwd {
-        command.current_dir(dir);
-    }
-    if spec.env.clear {
-        command.env_clear();
-    }
-    for (key, value) in &spec.env.changes {
-        match value {
-            Some(v) => command.env(key, v),
-            None => command.env_remove(key),
-        };
-    }
+    command.creation_flags(flags);
     let mut child = command.spawn().map_err(|e| spawn_error(&spec.program, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
@@ -146,15 +112,6 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
         stdout,
         stderr,
     })
-}
-
-fn spawn_error(program: &OsString, e: io::Error) -> String {
-    let name = Path::new(program).display();
-    match e.kind() {
-        io::ErrorKind::NotFound => format!("program not found: {name}"),
-        io::ErrorKind::PermissionDenied => format!("permission denied executing {name}"),
-        _ => format!("could not start {name}: {e}"),
-    }
 }
 
 /// Whether runstream is attached to a console (which its children then share, and through

@@ -9,15 +9,6 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::RunState;
 
-const STATES: [RunState; 6] = [
-    RunState::Queued,
-    RunState::Running,
-    RunState::Completed,
-    RunState::Failed,
-    RunState::Cancelled,
-    RunState::TimedOut,
-];
-
 struct Totals {
     by_state: BTreeMap<&'static str, u64>,
     entries: u64,
@@ -28,7 +19,7 @@ struct Totals {
 
 fn totals(state: &AppState) -> Totals {
     let mut t = Totals {
-        by_state: STATES.iter().map(|s| (s.as_str(), 0)).collect(),
+        by_state: RunState::ALL.iter().map(|s| (s.as_str(), 0)).collect(),
         entries: 0,
         bytes: 0,
         dropped: 0,
