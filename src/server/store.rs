@@ -57,7 +57,11 @@ pub fn recover(engine: &Engine, dir: &Path, grace: Duration) -> (usize, usize) {
 
 /// SIGTERM, then SIGKILL after `grace`, to what is left of a lost run's process group, in
 /// the background. The group is only touched when its leader is gone or is still the
-/// very process we started (same start time): a reused pid is never signalled.
+/// very process we started (same start time), and when no member is older than that
+/// leader (our leader's descendants all started after it): a reused pid is never
+/// signalled. What this cannot tell apart: our group died entirely, its id was reused by a
+/// new group whose leader then exited too — possible only after the pid space wrapped
+/// around in between, and then only members younger than our leader are at risk.
 #[cfg(unix)]
 fn terminate_leftovers(status: &RunStatus, grace: Duration) {
     let Some(pgid) = status.pid else { return };
@@ -67,8 +71,17 @@ fn terminate_leftovers(status: &RunStatus, grace: Duration) {
         }
     }
     let group = ProcessGroup::from_id(pgid);
-    if group.live_members().is_empty() {
+    let members = group.live_members();
+    if members.is_empty() {
         return;
+    }
+    let older_than_leader = |pid: &u32| {
+        process::proc_stat(*pid)
+            .zip(status.process_start_time)
+            .is_some_and(|(stat, leader_start)| stat.start_time < leader_start)
+    };
+    if members.iter().any(older_than_leader) {
+        return; // a process older than our leader: this group is not ours
     }
     log::warn!(
         "run {}: terminating what is left of process group {pgid}",
