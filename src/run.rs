@@ -80,7 +80,38 @@ pub(crate) struct RunContext {
 
 /// Starts the run's thread.
 pub(crate) fn start(ctx: RunContext, name: String) -> std::io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new().name(name).spawn(move || run(ctx))
+    thread::Builder::new().name(name).spawn(move || {
+        let capture = Arc::clone(&ctx.capture);
+        // A bug in the engine must not leave a run hanging forever: its slot, GPU tracking
+        // and process group are released by guards as the panic unwinds, and here the run
+        // ends `failed` with the reason.
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(ctx))) {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            log::error!("run {}: internal error: {what}", capture.status().run_id);
+            if !capture.is_finished() {
+                capture.finish(|s| {
+                    s.status = RunState::Failed;
+                    s.cancelling = false;
+                    s.waiting_for = None;
+                    s.error_message = Some(format!("internal error in runstream: {what}"));
+                    s.completed_at = Some(Timestamp::now());
+                });
+            }
+        }
+    })
+}
+
+/// Holds an admission slot; gives it back when dropped (also when a panic unwinds).
+struct Slot<'a>(&'a Admission);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 fn run(ctx: RunContext) {
@@ -121,6 +152,7 @@ fn run(ctx: RunContext) {
         });
         return;
     }
+    let _slot = Slot(&ctx.admission);
     let log = ctx.config.log_dir.as_ref().and_then(|dir| {
         let path = dir.join(format!("{}.jsonl", ctx.run_id));
         match LogWriter::create(path.clone()) {
@@ -162,7 +194,6 @@ fn run(ctx: RunContext) {
             });
         }
     }
-    ctx.admission.release();
 }
 
 /// Turns lines into entries and hands them, in batches, to the log file and the capture.
@@ -280,11 +311,15 @@ fn progress_percent(message: &str, end: LineEnd) -> Option<f64> {
     if end != LineEnd::Cr && !bar && !message.to_ascii_lowercase().contains("progress") {
         return None;
     }
-    let head = &message[..pos];
-    let start = head
-        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or(0, |i| i + 1);
-    let value: f64 = head[start..].parse().ok()?;
+    // The number is the ASCII digits and dots just before the `%` (byte-wise: the
+    // character before them may be several bytes long).
+    let head = &message.as_bytes()[..pos];
+    let digits = head
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .count();
+    let value: f64 = message[pos - digits..pos].parse().ok()?;
     (0.0..=100.0).contains(&value).then_some(value)
 }
 
@@ -309,6 +344,8 @@ struct Supervisor<'a> {
     exit: Option<(Option<i32>, Option<i32>)>,
     leak_at: Option<Instant>,
     group_poll_at: Option<Instant>,
+    /// Set by `finish`; a supervisor dropped without it (a panic) kills its group.
+    finished: bool,
 }
 
 impl<'a> Supervisor<'a> {
@@ -361,6 +398,7 @@ impl<'a> Supervisor<'a> {
             exit: None,
             leak_at: None,
             group_poll_at: None,
+            finished: false,
         }
     }
 
@@ -593,6 +631,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn finish(mut self) {
+        self.finished = true;
         let mut lines = Vec::new();
         for i in 0..2 {
             self.splitters[i].flush(&mut lines);
@@ -667,6 +706,17 @@ impl<'a> Supervisor<'a> {
     }
 }
 
+impl Drop for Supervisor<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Unwinding from a bug: leave nothing of the run behind.
+            let _ = self.group.signal(Signal::Kill);
+            let _ = self.child.kill();
+            self.ctx.gpu.untrack(self.group.id());
+        }
+    }
+}
+
 fn stream_index(stream: Stream) -> usize {
     match stream {
         Stream::Stderr => 1,
@@ -734,5 +784,9 @@ mod tests {
         assert_eq!(progress_percent("accuracy 95%", LineEnd::Lf), None);
         assert_eq!(progress_percent("150%", LineEnd::Cr), None);
         assert_eq!(progress_percent("no percent", LineEnd::Cr), None);
+        // Multi-byte characters right before the number (random bytes decode to U+FFFD).
+        assert_eq!(progress_percent("\u{fffd}12%", LineEnd::Cr), Some(12.0));
+        assert_eq!(progress_percent("é%|", LineEnd::Lf), None);
+        assert_eq!(progress_percent("%", LineEnd::Cr), None);
     }
 }

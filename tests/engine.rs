@@ -610,3 +610,23 @@ fn dropping_the_engine_leaves_no_child_running() {
     assert_eq!(run.status().status, RunState::Cancelled);
     let _ = Arc::strong_count(run.capture());
 }
+
+#[test]
+fn random_binary_output_is_captured_and_the_run_completes() {
+    // Every byte value, in every position: U+FFFD next to digits, `%`, `\r`, long lines.
+    let engine = engine();
+    let run = engine.submit(sh("head -c 3000000 /dev/urandom")).unwrap();
+    let (entries, status) = collect(&run);
+    assert_eq!(
+        (status.status, status.exit_code),
+        (RunState::Completed, Some(0))
+    );
+    let out: Vec<_> = entries
+        .iter()
+        .filter(|e| e.stream == Stream::Stdout)
+        .collect();
+    assert!(out.len() > 1000, "{} entries", out.len());
+    assert!(out.iter().all(|e| e.message.len() <= 3 * 64 * 1024));
+    let parsed: serde_json::Value = serde_json::from_str(out[0].json()).unwrap();
+    assert_eq!(parsed["message"].as_str(), Some(out[0].message.as_str()));
+}
