@@ -40,7 +40,8 @@ pub struct EngineConfig {
     /// `setsid`, may hold them). Output that still flows is drained. Defaults to 500 ms.
     pub leak_timeout: Duration,
     /// A partial line (no newline yet) is handed out as an `end: none` entry once its
-    /// stream has been quiet this long. Defaults to 100 ms.
+    /// stream has been quiet this long, or at the latest ten times this long after it
+    /// started (a child adding a dot every 50 ms is never quiet). Defaults to 100 ms.
     pub partial_flush: Duration,
     /// Where GPU readings come from. Defaults to `None`: NVML when built with the `gpu`
     /// feature (and a source that reports "no GPU" without it).

@@ -332,6 +332,8 @@ struct Supervisor<'a> {
     grace: Duration,
     splitters: [LineSplitter; 2],
     flush_at: [Option<Instant>; 2],
+    /// When each stream's pending partial line started waiting.
+    pending_since: [Option<Instant>; 2],
     input: Receiver<Input>,
     exited: Receiver<std::io::Result<std::process::ExitStatus>>,
     control: Receiver<Control>,
@@ -386,6 +388,7 @@ impl<'a> Supervisor<'a> {
             grace: ctx.spec.grace.unwrap_or(ctx.config.default_grace),
             splitters: [LineSplitter::new(max_line), LineSplitter::new(max_line)],
             flush_at: [None, None],
+            pending_since: [None, None],
             input,
             exited,
             control: ctx.control.clone(),
@@ -466,10 +469,18 @@ impl<'a> Supervisor<'a> {
                     for line in lines.drain(..) {
                         self.out.push_line(stream, line, timestamp);
                     }
-                    // A partial line goes out once this stream has been quiet for a while.
-                    self.flush_at[i] = self.splitters[i]
-                        .has_pending()
-                        .then(|| Instant::now() + self.ctx.config.partial_flush);
+                    // A partial line goes out once this stream has been quiet for a while,
+                    // or, for a child that keeps adding to one line (dots every 50 ms), once
+                    // it has waited ten quiet periods.
+                    if self.splitters[i].has_pending() {
+                        let now = Instant::now();
+                        let since = *self.pending_since[i].get_or_insert(now);
+                        let quiet = self.ctx.config.partial_flush;
+                        self.flush_at[i] = Some((now + quiet).min(since + quiet * 10));
+                    } else {
+                        self.flush_at[i] = None;
+                        self.pending_since[i] = None;
+                    }
                 }
                 Input::Eof(stream) => {
                     let i = stream_index(stream);
@@ -478,6 +489,7 @@ impl<'a> Supervisor<'a> {
                         self.out.push_line(stream, line, timestamp);
                     }
                     self.flush_at[i] = None;
+                    self.pending_since[i] = None;
                     self.open_streams -= 1;
                 }
             }
@@ -596,6 +608,7 @@ impl<'a> Supervisor<'a> {
             // Input already waiting may finish the line: read it before cutting anything.
             if due(self.flush_at[i]) && self.input.is_empty() {
                 self.flush_at[i] = None;
+                self.pending_since[i] = None;
                 let mut lines = Vec::new();
                 self.splitters[i].flush(&mut lines);
                 let stream = [Stream::Stdout, Stream::Stderr][i];

@@ -630,3 +630,22 @@ fn random_binary_output_is_captured_and_the_run_completes() {
     let parsed: serde_json::Value = serde_json::from_str(out[0].json()).unwrap();
     assert_eq!(parsed["message"].as_str(), Some(out[0].message.as_str()));
 }
+
+#[test]
+fn a_line_that_keeps_growing_is_still_shown_while_it_grows() {
+    // A dot every 20 ms, never a newline, never quiet for 100 ms: it must not wait for EOF.
+    let engine = engine();
+    let run = engine
+        .submit(sh("while :; do printf .; sleep 0.02; done"))
+        .unwrap();
+    let entry = wait_for_entry(&run, |e| e.stream == Stream::Stdout);
+    assert!(
+        entry.message.chars().all(|c| c == '.'),
+        "{:?}",
+        entry.message
+    );
+    assert_eq!(entry.end, LineEnd::None);
+    assert_eq!(run.status().status, RunState::Running);
+    run.cancel();
+    run.wait();
+}
