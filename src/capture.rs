@@ -244,7 +244,8 @@ impl OutputCapture {
         self.changed.notify_all();
     }
 
-    /// Records the final status and wakes everyone: no more entries will come.
+    /// Records the final status and wakes everyone: no more entries will come. With a
+    /// (healthy) log file, the ring's memory is released.
     pub(crate) fn finish(&self, change: impl FnOnce(&mut RunStatus)) {
         let mut s = self.lock();
         change(&mut s.current);
@@ -257,8 +258,21 @@ impl OutputCapture {
         }
         s.transitions.push((at, snapshot));
         s.finished = true;
+        if s.log.is_some() {
+            // The whole output is in the log file: give the ring back. A server keeps many
+            // finished runs; their readers find every entry in the file (through the
+            // shared block cache).
+            s.entries = VecDeque::new();
+            s.retained_bytes = 0;
+        }
         drop(s);
         self.changed.notify_all();
+    }
+
+    /// The log file failed: stop reading evicted entries back from it (readers that fall
+    /// behind now get a `Gap`).
+    pub(crate) fn forget_log(&self) {
+        self.lock().log = None;
     }
 
     /// The current status (with `duration_seconds` as of now).

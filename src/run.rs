@@ -279,6 +279,7 @@ impl Output {
                     log.path().display()
                 );
                 self.log = None;
+                self.capture.forget_log();
             }
         }
         let batch = std::mem::take(&mut self.batch);
