@@ -432,6 +432,10 @@ impl<'a> Supervisor<'a> {
                 },
                 recv(self.exited) -> status => {
                     self.exited = never();
+                    // Output already read comes first: it was written before the exit.
+                    if let Ok(input) = self.input.try_recv() {
+                        self.on_input(input);
+                    }
                     self.on_exit(status.ok().and_then(Result::ok));
                 },
                 recv(self.control) -> msg => match msg {

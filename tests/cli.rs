@@ -140,3 +140,42 @@ fn a_second_signal_kills_at_once() {
     assert_eq!(status.code(), Some(130));
     assert!(live_group_members(pgid).is_empty());
 }
+
+#[test]
+fn a_slow_reader_of_the_output_loses_nothing() {
+    let child = runstream()
+        .args(["run", "--", "seq", "1", "200000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read nothing for a while: the pipe fills, the printer blocks, the ring (10 000
+    // entries) moves on. The child is not held back; the printer catches up from the log.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 200_000);
+    assert_eq!(text.lines().last(), Some("200000"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_closed_stdout_stops_the_run_like_sigpipe() {
+    let mut child = runstream()
+        .args(["run", "--", "yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"y\ny\n");
+    drop(stdout); // like `| head -2`
+    assert_eq!(child.wait().unwrap().code(), Some(141));
+}

@@ -626,6 +626,17 @@ fn tokens_guard_the_api_and_cors_is_opt_in() {
     );
     assert_eq!(s.call("GET", "/api/health?token=s3cret", None).0, 200);
     assert_eq!(
+        s.call_with(
+            "GET",
+            "/api/health",
+            None,
+            &[("Authorization", "bearer s3cret")]
+        )
+        .0,
+        200,
+        "the scheme is case-insensitive"
+    );
+    assert_eq!(
         ureq::get(&s.base).call().unwrap().status(),
         200,
         "the page itself is public"

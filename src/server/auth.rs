@@ -7,8 +7,13 @@ use super::http::{query_pairs, query_value, request_header, ApiError};
 /// Whether `request` carries `token`, as `Authorization: Bearer TOKEN` or `?token=TOKEN`
 /// (EventSource cannot set headers).
 pub fn check_token(request: &Request, token: &str) -> Result<(), ApiError> {
-    let from_header = request_header(request, "Authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(str::trim).map(str::to_string));
+    // The scheme name is case-insensitive (RFC 9110), the token is not.
+    let from_header = request_header(request, "Authorization").and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string())
+    });
     let from_query = || query_value(&query_pairs(request.url()), "token").map(str::to_string);
     match from_header.or_else(from_query) {
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),

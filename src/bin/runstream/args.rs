@@ -55,7 +55,10 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
         return Err("missing command".into());
     };
     match first.to_str() {
-        Some("run") => parse_run(argv).map(Command::Run),
+        Some("run") => match parse_run(argv) {
+            Err(e) if e.is_empty() => Ok(Command::Help),
+            other => other.map(Command::Run),
+        },
         Some("serve") => argv
             .map(|a| {
                 a.into_string()
@@ -98,6 +101,7 @@ fn parse_run(mut argv: impl Iterator<Item = OsString>) -> Result<RunArgs, String
             }
         };
         match name.as_str() {
+            "-h" | "--help" => return Err(String::new()),
             "--json" => out.json = true,
             "--timeout" => out.timeout = Some(parse_duration(&value()?)?),
             "--grace" => out.grace = Some(parse_duration(&value()?)?),
