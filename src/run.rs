@@ -52,7 +52,7 @@ const INPUT_CAPACITY: usize = 64;
 /// batches; a child that fills the pipe just waits as it would for a slow reader.
 const SMALL_READ: usize = 4096;
 const BURST_GAP: Duration = Duration::from_micros(50);
-const BURST_PAUSE: Duration = Duration::from_micros(200);
+const BURST_PAUSE: Duration = Duration::from_micros(500);
 /// Bytes one `read()` may return.
 const READ_BUFFER: usize = 64 * 1024;
 /// How many stderr lines are kept for a failed run's `error_message`.
@@ -765,7 +765,7 @@ fn spawn_reader(
                     // A child that writes many small pieces back to back (python -u: two
                     // writes per print) would wake this thread, and through it the run
                     // thread and every subscriber, once per write. In such a burst, let the
-                    // pipe fill for 200 µs before reading again: one short pause per read
+                    // pipe fill for 500 µs before reading again: one short pause per read
                     // instead of a wake-up per write. A lone line is read at once.
                     if n < SMALL_READ && last_read.elapsed() < BURST_GAP {
                         thread::sleep(BURST_PAUSE);
