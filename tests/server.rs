@@ -359,6 +359,18 @@ fn endpoints_answer_with_the_documented_shapes_and_errors() {
         405,
         "METHOD_NOT_ALLOWED",
     );
+    match ureq::request("PUT", &format!("{}/api/runs", s.base)).call() {
+        Err(ureq::Error::Status(405, r)) => assert_eq!(r.header("Allow"), Some("GET, POST")),
+        other => panic!("expected 405, got {other:?}"),
+    }
+    let head = ureq::request("HEAD", &format!("{}/api/health", s.base))
+        .call()
+        .unwrap();
+    assert_eq!(
+        (head.status(), head.content_type()),
+        (200, "application/json")
+    );
+    assert_eq!(head.into_string().unwrap(), "", "HEAD has no body");
     assert_error(
         s.call("DELETE", &format!("/api/runs/{id}"), None),
         400,

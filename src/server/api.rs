@@ -41,10 +41,21 @@ fn json_reply(status: u16, body: &Value) -> Reply {
 pub fn handle(state: &Arc<AppState>, mut request: Request) {
     let origin = request_header(&request, "Origin").map(str::to_string);
     let cors = cors_headers(state.config.cors_origin.as_deref(), origin.as_deref());
+    let head = *request.method() == Method::Head;
     let response = match route(state, &mut request, !cors.is_empty()) {
         Ok(Reply::Full(r)) => r,
+        // HEAD of a stream or a download: its headers say enough.
+        Ok(Reply::Stream(..)) if head => {
+            Response::from_data(Vec::new()).with_header(header("Content-Type", "text/event-stream"))
+        }
+        Ok(Reply::Download(_)) if head => Response::from_data(Vec::new())
+            .with_header(header("Content-Type", "text/plain; charset=utf-8")),
         Ok(Reply::Stream(run, from)) => return stream(state, run, from, request, &cors),
         Ok(Reply::Download(run)) => return download(run, request, &cors),
+        Err(e) if e.status == 405 => {
+            let allow = allowed_methods(&segments_of(request.url())).join(", ");
+            json_response(e.status, &e.body()).with_header(header("Allow", &allow))
+        }
         Err(e) => json_response(e.status, &e.body()),
     };
     let response = cors
@@ -55,14 +66,23 @@ pub fn handle(state: &Arc<AppState>, mut request: Request) {
     }
 }
 
-fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Reply, ApiError> {
-    let path = url_path(request.url());
-    let segments: Vec<&str> = path
-        .trim_matches('/')
+/// The path's segments, percent-decoded, without empty ones.
+fn segments_of(url: &str) -> Vec<String> {
+    url_path(url)
         .split('/')
         .filter(|s| !s.is_empty())
-        .collect();
-    let method = request.method().clone();
+        .map(str::to_string)
+        .collect()
+}
+
+fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Reply, ApiError> {
+    let owned = segments_of(request.url());
+    let segments: Vec<&str> = owned.iter().map(String::as_str).collect();
+    // HEAD is GET without a body (tiny_http leaves the body out).
+    let method = match request.method() {
+        Method::Head => Method::Get,
+        other => other.clone(),
+    };
     if method == Method::Options && cors {
         return Ok(Reply::Full(
             Response::from_data(Vec::new()).with_status_code(204),
@@ -116,9 +136,10 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
     }
 }
 
-/// 405 when the path exists with another method, else 404.
-fn unknown_route(segments: &[&str], method: &Method) -> ApiError {
-    let allowed: &[&str] = match segments {
+/// The methods a known path takes (none for an unknown path).
+fn allowed_methods<S: AsRef<str>>(segments: &[S]) -> &'static [&'static str] {
+    let segments: Vec<&str> = segments.iter().map(AsRef::as_ref).collect();
+    match segments.as_slice() {
         [] | ["index.html"] | ["api", "health"] | ["api", "modules"] | ["api", "modules", _] => {
             &["GET"]
         }
@@ -128,7 +149,12 @@ fn unknown_route(segments: &[&str], method: &Method) -> ApiError {
         ["api", "runs"] => &["GET", "POST"],
         ["api", "runs", _] => &["GET", "DELETE"],
         _ => &[],
-    };
+    }
+}
+
+/// 405 when the path exists with another method, else 404.
+fn unknown_route(segments: &[&str], method: &Method) -> ApiError {
+    let allowed = allowed_methods(segments);
     if allowed.is_empty() {
         ApiError::new(
             404,
