@@ -19,11 +19,12 @@ run: runs one command through the engine in the foreground, output live.
   --grace DUR        time between SIGTERM and SIGKILL when stopping (default 5s)
   --cwd DIR          working directory
   --env KEY=VALUE    set an environment variable (repeatable)
-  --log-dir DIR      keep the full output in DIR/{run_id}.jsonl; a slow reader then
-                     loses nothing
+  --log-dir DIR      keep the full output in DIR/{run_id}.jsonl (without it the same
+                     file is temporary and removed at exit)
   Ctrl-C / SIGTERM stops the command gracefully (exit 130); a second one kills it.
   Exit status: the command's own; 128+N if it died by signal N; 124 on timeout;
-  127 if it could not be found, 126 if it could not be started.
+  127 if it could not be found, 126 if it could not be started; 141 if stdout was
+  closed by its reader (the command is then stopped).
 ";
 
 /// What `runstream run` was asked to do.
