@@ -225,11 +225,7 @@ fn the_ring_is_bounded_and_a_late_subscriber_gets_a_gap_without_a_log() {
 #[test]
 fn with_a_log_dir_a_late_subscriber_gets_every_entry_from_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(EngineConfig {
-        ring_max_entries: 1000,
-        log_dir: Some(dir.path().to_path_buf()),
-        ..EngineConfig::default()
-    });
+    let engine = engine_with_log(dir.path(), 1000);
     let run = engine
         .submit(RunSpec::new("seq").args(["1", "100000"]))
         .unwrap();
@@ -265,11 +261,7 @@ fn with_a_log_dir_a_late_subscriber_gets_every_entry_from_zero() {
 #[test]
 fn a_slow_subscriber_slows_neither_the_child_nor_others() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(EngineConfig {
-        ring_max_entries: 1000,
-        log_dir: Some(dir.path().to_path_buf()),
-        ..EngineConfig::default()
-    });
+    let engine = engine_with_log(dir.path(), 1000);
     let run = engine
         .submit(RunSpec::new("seq").args(["1", "200000"]))
         .unwrap();
@@ -324,15 +316,7 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     wait_for_entry(&run, |e| e.message == "ready");
     let pgid = run.status().pid.unwrap();
     // Idempotent, from any thread.
-    let cancels: Vec<_> = (0..3)
-        .map(|_| {
-            let run = run.clone();
-            thread::spawn(move || run.cancel())
-        })
-        .collect();
-    for c in cancels {
-        c.join().unwrap();
-    }
+    cancel_from_three_threads(&run);
     let (entries, status) = collect(&run);
     assert_eq!(status.status, RunState::Cancelled);
     assert_eq!(status.signal, Some(9));
@@ -347,27 +331,6 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
         "{system:?}"
     );
     assert!(live_group_members(pgid).is_empty());
-}
-
-#[test]
-fn cancel_of_a_queued_run_never_spawns_it() {
-    let engine = Engine::new(EngineConfig {
-        max_concurrent: 1,
-        ..EngineConfig::default()
-    });
-    let first = engine.submit(RunSpec::new("sleep").arg("100")).unwrap();
-    wait_running(&first);
-    let marker = tempfile::tempdir().unwrap();
-    let touched = marker.path().join("spawned");
-    let queued = engine.submit(RunSpec::new("touch").arg(&touched)).unwrap();
-    assert_eq!(queued.status().status, RunState::Queued);
-    assert!(queued.cancel());
-    let status = queued.wait();
-    assert_eq!(status.status, RunState::Cancelled);
-    assert_eq!((status.pid, status.started_at), (None, None));
-    first.cancel();
-    first.wait();
-    assert!(!touched.exists(), "the queued run was never spawned");
 }
 
 #[test]

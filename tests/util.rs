@@ -13,6 +13,29 @@ use runstream::{
 /// hanging, and a slow machine does not make a passing test fail.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// An engine keeping at most `ring_max_entries` in memory and the full output in `dir`.
+#[cfg(unix)]
+pub fn engine_with_log(dir: &std::path::Path, ring_max_entries: usize) -> Engine {
+    Engine::new(EngineConfig {
+        ring_max_entries,
+        log_dir: Some(dir.to_path_buf()),
+        ..EngineConfig::default()
+    })
+}
+
+/// Cancels `run` from three threads at once (cancel must be idempotent and thread-safe).
+pub fn cancel_from_three_threads(run: &RunHandle) {
+    let cancels: Vec<_> = (0..3)
+        .map(|_| {
+            let run = run.clone();
+            std::thread::spawn(move || run.cancel())
+        })
+        .collect();
+    for c in cancels {
+        c.join().unwrap();
+    }
+}
+
 pub fn engine() -> Engine {
     Engine::new(EngineConfig::default())
 }

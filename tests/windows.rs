@@ -6,7 +6,6 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::os::windows::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use runstream::{Engine, Entry, Event, From, RunHandle, RunSpec, RunState, Stream};
@@ -158,15 +157,7 @@ fn a_child_that_ignores_ctrl_break_is_terminated_after_the_grace_period() {
         .unwrap();
     wait_for_entry(&run, |e| e.message == "ready");
     // Idempotent, from any thread.
-    let cancels: Vec<_> = (0..3)
-        .map(|_| {
-            let run = run.clone();
-            thread::spawn(move || run.cancel())
-        })
-        .collect();
-    for c in cancels {
-        c.join().unwrap();
-    }
+    cancel_from_three_threads(&run);
     let (entries, status) = collect(&run);
     assert_eq!(status.status, RunState::Cancelled);
     assert_eq!((status.exit_code, status.signal), (Some(1), None));

@@ -5,6 +5,14 @@
 mod command;
 pub(crate) use command::*;
 
+/// How the engine stops a process group: gracefully (`Term`), or at once (`Kill`). The
+/// names are unix's; each platform file says what they do there (`name`, messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Term,
+    Kill,
+}
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]

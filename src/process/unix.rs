@@ -10,7 +10,7 @@ use std::process::ExitStatus;
 use os_pipe::{PipeReader, PipeWriter};
 use shared_child::SharedChild;
 
-use super::{prepare, spawn_error, PreparedCommand, Spawned};
+use super::{prepare, spawn_error, PreparedCommand, Signal, Spawned};
 use crate::spec::RunSpec;
 
 /// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
@@ -36,13 +36,7 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
     })
 }
 
-/// A signal the engine sends to a process group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Signal {
-    Term,
-    Kill,
-}
-
+/// Unix words for the two ways to stop a group.
 impl Signal {
     pub fn name(self) -> &'static str {
         match self {

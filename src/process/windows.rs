@@ -61,7 +61,7 @@ use windows_sys::Win32::System::Threading::{
     PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, THREAD_SUSPEND_RESUME,
 };
 
-use super::{prepare, spawn_error, PreparedCommand, Spawned};
+use super::{prepare, spawn_error, PreparedCommand, Signal, Spawned};
 use crate::spec::RunSpec;
 
 /// The exit code of every process of a job the engine terminates (as `Child::kill`).
@@ -256,14 +256,8 @@ impl Job {
     }
 }
 
-/// A way the engine stops a process group. The names are unix's; on Windows `Term` is
-/// `CTRL_BREAK_EVENT` and `Kill` is `TerminateJobObject`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Signal {
-    Term,
-    Kill,
-}
-
+/// Windows words for the two ways to stop a group: `Term` is `CTRL_BREAK_EVENT`, `Kill`
+/// is `TerminateJobObject`.
 impl Signal {
     pub fn name(self) -> &'static str {
         match self {
