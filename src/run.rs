@@ -64,6 +64,11 @@ const MAX_BATCH_ENTRIES: usize = 4096;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How often the process group is checked while waiting for the last members to die.
 const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How long after SIGKILL the run waits for its group's members to be gone. A killed
+/// process is not gone at once: it first closes its files (the pipes) and frees its
+/// memory (a CUDA process can take seconds to give back GPU memory), and one stuck in
+/// uninterruptible sleep (a hung NFS or driver call) dies only when that call returns.
+const KILL_SETTLE: Duration = Duration::from_secs(5);
 
 /// Everything a run thread needs; moved into it.
 pub(crate) struct RunContext {
@@ -343,7 +348,8 @@ struct Supervisor<'a> {
     stop_reason: Option<StopReason>,
     timeout_at: Option<Instant>,
     kill_at: Option<Instant>,
-    killed: bool,
+    /// When SIGKILL went to the group.
+    killed_at: Option<Instant>,
     exit: Option<(Option<i32>, Option<i32>)>,
     leak_at: Option<Instant>,
     group_poll_at: Option<Instant>,
@@ -398,7 +404,7 @@ impl<'a> Supervisor<'a> {
             stop_reason: None,
             timeout_at: ctx.spec.timeout.map(|t| Instant::now() + t),
             kill_at: None,
-            killed: false,
+            killed_at: None,
             exit: None,
             leak_at: None,
             group_poll_at: None,
@@ -509,7 +515,7 @@ impl<'a> Supervisor<'a> {
     fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
         self.exit = Some(status.map_or((None, None), process::exit_parts));
         // Like a container or a systemd unit: what is left of the group goes too.
-        if !self.killed {
+        if self.killed_at.is_none() {
             let left = self.group.live_members();
             if !left.is_empty() {
                 let n = left.len();
@@ -566,7 +572,7 @@ impl<'a> Supervisor<'a> {
                 .update_status(true, |s| s.cancelling = true);
         }
         self.signal(Signal::Kill, why, "");
-        self.killed = true;
+        self.killed_at.get_or_insert_with(Instant::now);
         self.kill_at = None;
         if self.exit.is_some() {
             // Dying members release the pipes shortly: give them a fresh leak window.
@@ -630,8 +636,8 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Over when the leader has exited, its output is drained (or the pipes stayed open
-    /// but silent for the leak timeout), and nothing of its group is left alive (or
-    /// SIGKILL was sent).
+    /// but silent for the leak timeout), and nothing of its group is left alive (or, after
+    /// SIGKILL, what is left did not die within [`KILL_SETTLE`]).
     fn is_done(&mut self) -> bool {
         if self.exit.is_none() {
             return false;
@@ -641,7 +647,23 @@ impl<'a> Supervisor<'a> {
         if self.open_streams > 0 && !leak_passed {
             return false;
         }
-        if self.killed || self.kill_at.is_none() || self.group.live_members().is_empty() {
+        if self.killed_at.is_none() && self.kill_at.is_none() {
+            return true; // nothing of the group outlived the leader
+        }
+        let left = self.group.live_members();
+        if left.is_empty() {
+            return true;
+        }
+        if self.killed_at.is_some_and(|t| t.elapsed() >= KILL_SETTLE) {
+            self.out.system(
+                Level::Error,
+                format!(
+                    "{} process(es) of the group still alive {} s after SIGKILL \
+                     (stuck in uninterruptible sleep?): pids {left:?}; finished without them",
+                    left.len(),
+                    KILL_SETTLE.as_secs()
+                ),
+            );
             return true;
         }
         self.group_poll_at = Some(Instant::now() + GROUP_POLL);
