@@ -78,8 +78,13 @@ struct Proc {
 
 impl Proc {
     fn spawn(cwd: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_with(cwd, args, runstream())
+    }
+
+    /// `spawn` from a prepared command (say, with limits set before exec).
+    fn spawn_with(cwd: &Path, args: &[&str], mut command: Command) -> Proc {
         let stderr = tempfile::NamedTempFile::new().unwrap();
-        let mut child = runstream()
+        let mut child = command
             .arg("serve")
             .args(args)
             .current_dir(cwd)
@@ -849,4 +854,57 @@ fn example_catalogue_loads_and_train_runs() {
         logs.iter().any(|e| e["end"] == "cr"),
         "the progress bar should arrive as `cr` entries: {logs:#?}"
     );
+}
+
+#[test]
+fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut command = runstream();
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut proc = Proc::spawn_with(
+        dir.path(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        command,
+    );
+    let addr = proc.listening();
+    // Each connection takes two descriptors: far more connections than fit.
+    let flood: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    poll(PATIENCE, "the server to run out of descriptors", || {
+        proc.stderr_text()
+            .contains("Too many open files")
+            .then_some(())
+    });
+    drop(flood);
+    let health = poll(PATIENCE, "the server to answer again", || {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        answer.starts_with("HTTP/1.1 200").then_some(answer)
+    });
+    assert!(health.contains("\"healthy\""), "{health}");
+    proc.signal(libc::SIGTERM);
+    assert!(proc.wait_exit(PATIENCE).success());
 }

@@ -10,6 +10,8 @@ mod cli;
 mod engine;
 #[cfg(unix)]
 mod gpu;
+#[cfg(unix)]
+mod http_limits;
 mod portable;
 #[cfg(unix)]
 mod server;

@@ -35,6 +35,15 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// The `retry:` hint sent to EventSource clients. Defaults to 2 s.
     pub sse_retry: Duration,
+    /// Most connections served at once (streams included); more are answered 503 and
+    /// closed. Defaults to 1024.
+    pub max_connections: usize,
+    /// Longest time from a request's first byte to the end of its headers; slower
+    /// clients get 408 and are closed, so they cannot hold a thread. Defaults to 30 s.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may sit with no request and nothing being
+    /// answered before it is closed. Defaults to 60 s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +58,9 @@ impl Default for ServerConfig {
             max_sse_clients: 512,
             max_body_bytes: 1024 * 1024,
             sse_retry: Duration::from_secs(2),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -70,5 +82,8 @@ mod tests {
         assert_eq!(c.max_sse_clients, 512);
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.sse_retry, Duration::from_secs(2));
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
     }
 }

@@ -1,7 +1,7 @@
 //! Small HTTP pieces on top of tiny_http: JSON responses, the error body, query strings,
 //! bounded request bodies, and chunked streaming over the raw connection.
 
-use std::io::{self, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 
 use serde_json::{json, Value};
 use tiny_http::{Header, Request, Response};
@@ -137,6 +137,19 @@ pub fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
+/// The body of the HTTP layer's own error answers, in the API's error shape: a request
+/// it could not read (400), whose headers came too slowly (408) or were too large (414,
+/// 431), or a connection over the limit (503).
+pub fn connection_error_body(status: u16, reason: &str) -> String {
+    let code = match status {
+        408 => "REQUEST_TIMEOUT",
+        414 | 431 => "PAYLOAD_TOO_LARGE",
+        503 => "RESOURCE_LIMIT_EXCEEDED",
+        _ => "BAD_REQUEST",
+    };
+    ApiError::new(status, code, reason).body().to_string()
+}
+
 /// Reads the body as JSON, at most `limit` bytes (413 beyond). An empty body is `null`.
 pub fn read_json_body(request: &mut Request, limit: usize) -> Result<Value, ApiError> {
     let too_large = || {
@@ -154,12 +167,16 @@ pub fn read_json_body(request: &mut Request, limit: usize) -> Result<Value, ApiE
         .as_reader()
         .take(limit as u64 + 1)
         .read_to_end(&mut body)
-        .map_err(|e| {
-            ApiError::new(
+        .map_err(|e| match e.kind() {
+            // The connection's read timeout: the client stopped sending mid-body.
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                ApiError::new(408, "REQUEST_TIMEOUT", "the request body stopped arriving")
+            }
+            _ => ApiError::new(
                 400,
                 "VALIDATION_ERROR",
                 format!("could not read the request body: {e}"),
-            )
+            ),
         })?;
     if body.len() > limit {
         return Err(too_large());

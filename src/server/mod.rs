@@ -38,6 +38,12 @@ pub use run_json::run_json;
 
 use crate::Engine;
 
+/// Longest request line or header line: 414 or 431 beyond (a URL with a token and a
+/// query fits many times over).
+const MAX_HEADER_LINE: usize = 8 * 1024;
+/// Most header lines in one request: 431 beyond.
+const MAX_HEADERS: usize = 100;
+
 /// What every request handler shares.
 pub(crate) struct AppState {
     engine: Arc<Engine>,
@@ -83,8 +89,19 @@ impl Server {
                 );
             }
         }
-        let http = tiny_http::Server::http(config.bind)
-            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+        let http = tiny_http::Server::new(tiny_http::ServerConfig {
+            addr: tiny_http::ConfigListenAddr::IP(vec![config.bind]),
+            ssl: None,
+            limits: tiny_http::ConnectionLimits {
+                max_connections: config.max_connections,
+                header_timeout: config.header_timeout,
+                idle_timeout: config.idle_timeout,
+                max_line_bytes: MAX_HEADER_LINE,
+                max_headers: MAX_HEADERS,
+                error_body: Some(http::connection_error_body),
+            },
+        })
+        .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
         let addr = http
             .server_addr()
             .to_ip()

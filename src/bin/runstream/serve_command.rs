@@ -24,6 +24,8 @@ usage: runstream serve [OPTIONS]
   --grace DUR            default time between SIGTERM and SIGKILL (default 5s)
   --keep-alive DUR       SSE keep-alive interval (default 15s)
   --max-sse-clients N    open streams at most (default 512)
+  --max-connections N    open connections at most, streams included (default 1024);
+                         more are answered 503
 ";
 
 struct ServeArgs {
@@ -75,6 +77,7 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
                 server.keep_alive = parse_duration(&value()?)?.max(Duration::from_millis(10))
             }
             "--max-sse-clients" => server.max_sse_clients = number(value()?)?,
+            "--max-connections" => server.max_connections = number(value()?)?.max(1),
             "-h" | "--help" => return Err(String::new()),
             _ => return Err(format!("unknown option {name}")),
         }
@@ -126,6 +129,8 @@ pub fn run(options: Vec<String>) -> i32 {
             return 1;
         }
     };
+    #[cfg(unix)]
+    raise_open_file_limit();
     let engine = Arc::new(Engine::new(args.engine));
     let server = match Server::start(Arc::clone(&engine), catalogue, args.server) {
         Ok(s) => Arc::new(s),
@@ -161,4 +166,31 @@ pub fn run(options: Vec<String>) -> i32 {
     let _ = stopper.join();
     log::info!("stopped");
     0
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime and most servers
+/// do: each connection takes two descriptors, and the usual soft limit of 1024 would run
+/// out near 500 clients, well before `--max-connections`.
+#[cfg(unix)]
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        // Some systems report an unlimited hard limit that setrlimit then refuses.
+        let wanted = limit.rlim_max.min(1 << 20);
+        if wanted <= limit.rlim_cur {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = wanted;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            log::debug!("open file limit raised from {before} to {wanted}");
+        }
+    }
 }

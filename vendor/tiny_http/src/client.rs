@@ -6,8 +6,11 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::common::{HTTPVersion, Method};
+use crate::limits::ConnectionLimits;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -34,6 +37,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // runstream patch: header size and time limits
+    limits: Arc<ConnectionLimits>,
 }
 
 /// Error that can happen when reading a request.
@@ -44,6 +50,12 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// runstream patch: a line or the headers were too large (414 or 431)
+    TooLarge(u16, &'static str),
+    /// runstream patch: the headers did not arrive within the header timeout (408)
+    HeaderTimeout,
+    /// runstream patch: nothing arrived and nothing was being answered for the idle timeout
+    Idle,
 }
 
 impl ClientConnection {
@@ -51,6 +63,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Arc<ConnectionLimits>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +78,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
         }
     }
 
@@ -77,26 +91,73 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// runstream patch: `started` is when the request's first byte came (set here when it
+    /// comes); lines are capped at `max_line_bytes` (`too_long` is the status beyond), and
+    /// the socket's read timeout wakes the read to check the header and idle deadlines.
+    fn read_next_line(
+        &mut self,
+        started: &mut Option<Instant>,
+        too_long: u16,
+    ) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
+        let mut idle_since = Instant::now();
 
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+            let byte = match self.next_header_source.by_ref().bytes().next() {
+                Some(Ok(b)) => b,
+                Some(Err(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    match started {
+                        Some(t) if t.elapsed() >= self.limits.header_timeout => {
+                            return Err(ReadError::HeaderTimeout)
+                        }
+                        Some(_) => {}
+                        // Between requests: a long response (a stream) keeps the connection.
+                        None if self.sink.previous_in_progress() => idle_since = Instant::now(),
+                        None if idle_since.elapsed() >= self.limits.idle_timeout => {
+                            return Err(ReadError::Idle)
+                        }
+                        None => {}
+                    }
+                    continue;
+                }
+                Some(Err(e)) => return Err(ReadError::ReadIoError(e)),
+                None => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
+            // Checked on every byte, so a client dripping a byte at a time cannot stretch it.
+            let started = *started.get_or_insert_with(Instant::now);
+            if started.elapsed() >= self.limits.header_timeout {
+                return Err(ReadError::HeaderTimeout);
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    ReadError::ReadIoError(IoError::new(
+                        ErrorKind::InvalidInput,
+                        "Header is not in ASCII",
+                    ))
+                });
             }
 
             prev_byte_was_cr = byte == b'\r';
 
+            if buf.len() >= self.limits.max_line_bytes {
+                return Err(ReadError::TooLarge(
+                    too_long,
+                    if too_long == 414 {
+                        "request line too long"
+                    } else {
+                        "header line too long"
+                    },
+                ));
+            }
             buf.push(byte);
         }
     }
@@ -106,8 +167,9 @@ impl ClientConnection {
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            let mut started = None;
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(&mut started, 414)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,11 +180,14 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(&mut started, 431)?;
 
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() >= self.limits.max_headers {
+                        return Err(ReadError::TooLarge(431, "too many header lines"));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -187,7 +252,7 @@ impl Iterator for ClientConnection {
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response = self.limits.error_response(400, "malformed request line");
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
@@ -197,21 +262,35 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response = self.limits.error_response(400, "malformed header line");
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
+                Err(ReadError::HeaderTimeout) => {
                     // request timeout
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
+                    let response = self.limits.error_response(
+                        408,
+                        "the request headers did not arrive in time",
+                    );
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
                     return None; // closing the connection
                 }
+
+                Err(ReadError::TooLarge(status, reason)) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = self.limits.error_response(status, reason);
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None; // the rest of the request is unread: close
+                }
+
+                Err(ReadError::Idle) => return None,
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();

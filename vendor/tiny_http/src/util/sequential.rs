@@ -2,7 +2,7 @@ use std::io::Result as IoResult;
 use std::io::{Read, Write};
 
 use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use std::mem;
@@ -91,6 +91,22 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
                 inner: SequentialReaderInner::Waiting(previous),
                 next: tx,
             }),
+        }
+    }
+}
+
+impl<W: Write + Send> SequentialWriterBuilder<W> {
+    /// runstream patch: whether the last writer handed out is still alive, i.e. a response
+    /// on this connection is still being prepared or written (a long stream, say).
+    pub fn previous_in_progress(&mut self) -> bool {
+        match self.next_trigger.as_ref().map(Receiver::try_recv) {
+            Some(Err(TryRecvError::Empty)) => true,
+            // Finished: the next writer need not wait for it (its signal is consumed here).
+            Some(_) => {
+                self.next_trigger = None;
+                false
+            }
+            None => false,
         }
     }
 }

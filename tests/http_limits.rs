@@ -1,0 +1,232 @@
+//! What one client may take from the server: header size, header time, idle time and the
+//! number of connections. Spoken over raw TCP, because these tests are about the bytes.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use runstream::server::{Catalogue, Server, ServerConfig};
+use runstream::{Engine, EngineConfig};
+use serde_json::Value;
+
+use crate::sse_client::SseClient;
+use crate::util::PATIENCE;
+
+fn start(config: ServerConfig) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::new(EngineConfig {
+        log_dir: Some(dir.path().join("runs")),
+        ..EngineConfig::default()
+    }));
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        allow_commands: true,
+        ..config
+    };
+    (
+        Server::start(engine, Catalogue::default(), config).unwrap(),
+        dir,
+    )
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// Reads until the server closes, and parses the one response in it.
+fn response_until_close(stream: &mut TcpStream) -> (u16, Value) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A reset after the answer (the server closed with our bytes unread).
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(e) => panic!("reading the response: {e} (got {raw:?})"),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `GET /api/health` on a fresh connection.
+fn health(addr: SocketAddr) -> u16 {
+    let mut stream = connect(addr);
+    stream
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    response_until_close(&mut stream).0
+}
+
+fn assert_error(response: (u16, Value), status: u16, code: &str) {
+    assert_eq!(response.0, status, "{}", response.1);
+    assert_eq!(response.1["error_code"], code, "{}", response.1);
+    assert!(response.1["timestamp"].is_string(), "{}", response.1);
+}
+
+#[test]
+fn oversized_request_lines_and_headers_are_refused_without_buffering_them() {
+    let (server, _dir) = start(ServerConfig::default());
+    let addr = server.addr();
+
+    // A header line that never ends: refused after 8 KiB, not buffered without bound.
+    let mut stream = connect(addr);
+    stream
+        .write_all(b"GET /api/health HTTP/1.1\r\nX-Big: ")
+        .unwrap();
+    let _ = stream.write_all(&[b'a'; 16 * 1024]);
+    assert_error(response_until_close(&mut stream), 431, "PAYLOAD_TOO_LARGE");
+
+    let mut stream = connect(addr);
+    let mut line = b"GET /".to_vec();
+    line.extend_from_slice(&[b'a'; 16 * 1024]);
+    let _ = stream.write_all(&line);
+    assert_error(response_until_close(&mut stream), 414, "PAYLOAD_TOO_LARGE");
+
+    let mut stream = connect(addr);
+    let mut request = b"GET /api/health HTTP/1.1\r\n".to_vec();
+    for i in 0..200 {
+        request.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+    }
+    let _ = stream.write_all(&request);
+    assert_error(response_until_close(&mut stream), 431, "PAYLOAD_TOO_LARGE");
+
+    let mut stream = connect(addr);
+    stream.write_all(b"NONSENSE\r\n\r\n").unwrap();
+    assert_error(response_until_close(&mut stream), 400, "BAD_REQUEST");
+
+    assert_eq!(health(addr), 200);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn slow_headers_get_408_and_idle_connections_are_closed() {
+    let (server, _dir) = start(ServerConfig {
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    });
+    let addr = server.addr();
+
+    // Slowloris: a header line every 50 ms, each in time, the whole never done.
+    let mut stream = connect(addr);
+    stream.write_all(b"GET /api/health HTTP/1.1\r\n").unwrap();
+    let mut dripping = stream.try_clone().unwrap();
+    let drip = thread::spawn(move || {
+        for i in 0.. {
+            thread::sleep(Duration::from_millis(50));
+            if dripping
+                .write_all(format!("X-{i}: {i}\r\n").as_bytes())
+                .is_err()
+            {
+                return i;
+            }
+        }
+        unreachable!()
+    });
+    assert_error(response_until_close(&mut stream), 408, "REQUEST_TIMEOUT");
+    drop(stream);
+    drip.join().unwrap();
+
+    // A connection that never says anything is closed.
+    let mut silent = connect(addr);
+    let mut buf = [0u8; 16];
+    assert_eq!(silent.read(&mut buf).unwrap(), 0, "closed without a word");
+
+    // So is a keep-alive connection after its answer, once it stays idle.
+    let mut kept = connect(addr);
+    kept.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (status, body) = response_until_close(&mut kept);
+    assert_eq!((status, &body["status"]), (200, &Value::from("healthy")));
+
+    assert_eq!(health(addr), 200);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_stream_is_not_cut_by_the_idle_timeout() {
+    let (server, _dir) = start(ServerConfig {
+        header_timeout: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(100),
+        keep_alive: Duration::from_millis(50),
+        ..ServerConfig::default()
+    });
+    let body =
+        r#"{"argv": ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo line$i; sleep 0.1; done"]}"#;
+    let mut stream = connect(server.addr());
+    write!(
+        stream,
+        "POST /api/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let (status, run) = response_until_close(&mut stream);
+    assert_eq!(status, 202, "{run}");
+    let id = run["run_id"].as_str().unwrap();
+
+    let started = Instant::now();
+    let mut client = SseClient::connect(server.addr(), &format!("/api/runs/{id}/logs/stream"), &[]);
+    assert_eq!(client.status, 200);
+    let events = client.rest();
+    let lines: Vec<String> = events
+        .iter()
+        .filter(|e| e.event == "log" && e.json()["stream"] == "stdout")
+        .map(|e| e.json()["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        lines,
+        (1..=8).map(|i| format!("line{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(events.last().unwrap().event, "complete");
+    assert!(
+        started.elapsed() > Duration::from_millis(300),
+        "the stream lasted longer than the idle timeout"
+    );
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn connections_beyond_the_limit_get_503_and_freed_ones_are_reused() {
+    let (server, _dir) = start(ServerConfig {
+        max_connections: 3,
+        ..ServerConfig::default()
+    });
+    let addr = server.addr();
+    // The kernel hands connections to the server in the order they came.
+    let held: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    let mut over = connect(addr);
+    over.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_error(
+        response_until_close(&mut over),
+        503,
+        "RESOURCE_LIMIT_EXCEEDED",
+    );
+
+    drop(held);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut stream = connect(addr);
+        stream
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        if response_until_close(&mut stream).0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slots were not reused");
+        thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown(Duration::from_secs(5));
+}
