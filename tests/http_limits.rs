@@ -76,7 +76,7 @@ fn assert_error(response: (u16, Value), status: u16, code: &str) {
 }
 
 #[test]
-fn oversized_request_lines_and_headers_are_refused_without_buffering_them() {
+fn oversized_or_malformed_request_heads_get_a_json_error_and_are_not_buffered() {
     let (server, _dir) = start(ServerConfig::default());
     let addr = server.addr();
 
@@ -104,6 +104,12 @@ fn oversized_request_lines_and_headers_are_refused_without_buffering_them() {
 
     let mut stream = connect(addr);
     stream.write_all(b"NONSENSE\r\n\r\n").unwrap();
+    assert_error(response_until_close(&mut stream), 400, "BAD_REQUEST");
+
+    let mut stream = connect(addr);
+    stream
+        .write_all("GET /api/modules/ünïcode HTTP/1.1\r\nHost: x\r\n\r\n".as_bytes())
+        .unwrap();
     assert_error(response_until_close(&mut stream), 400, "BAD_REQUEST");
 
     assert_eq!(health(addr), 200);

@@ -54,6 +54,8 @@ enum ReadError {
     TooLarge(u16, &'static str),
     /// runstream patch: the headers did not arrive within the header timeout (408)
     HeaderTimeout,
+    /// runstream patch: a request line or header with bytes beyond ASCII (400)
+    NotAscii,
     /// runstream patch: nothing arrived and nothing was being answered for the idle timeout
     Idle,
 }
@@ -138,12 +140,8 @@ impl ClientConnection {
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf).map_err(|_| {
-                    ReadError::ReadIoError(IoError::new(
-                        ErrorKind::InvalidInput,
-                        "Header is not in ASCII",
-                    ))
-                });
+                // runstream patch: answered 400 (upstream closed without a word).
+                return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -266,6 +264,18 @@ impl Iterator for ClientConnection {
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
+                }
+
+                Err(ReadError::NotAscii) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = self.limits.error_response(
+                        400,
+                        "the request line and headers must be ASCII (percent-encode the path)",
+                    );
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None;
                 }
 
                 Err(ReadError::HeaderTimeout) => {
