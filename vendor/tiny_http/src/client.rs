@@ -6,6 +6,7 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +41,9 @@ pub struct ClientConnection {
 
     // runstream patch: header size and time limits
     limits: Arc<ConnectionLimits>,
+
+    // runstream patch: reads that reached the socket (see read_next_line)
+    socket_reads: Arc<AtomicUsize>,
 }
 
 /// Error that can happen when reading a request.
@@ -69,6 +73,7 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let socket_reads = read_socket.socket_reads();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -81,6 +86,7 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             limits,
+            socket_reads,
         }
     }
 
@@ -105,6 +111,7 @@ impl ClientConnection {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
         let mut idle_since = Instant::now();
+        let mut socket_reads_seen = usize::MAX;
 
         loop {
             let byte = match self.next_header_source.by_ref().bytes().next() {
@@ -132,10 +139,15 @@ impl ClientConnection {
                     )))
                 }
             };
-            // Checked on every byte, so a client dripping a byte at a time cannot stretch it.
+            // Checked after every read that reached the socket (not every byte: buffered
+            // bytes take no time), so a client dripping a byte at a time cannot stretch it.
             let started = *started.get_or_insert_with(Instant::now);
-            if started.elapsed() >= self.limits.header_timeout {
-                return Err(ReadError::HeaderTimeout);
+            let socket_reads = self.socket_reads.load(Ordering::Relaxed);
+            if socket_reads != socket_reads_seen {
+                socket_reads_seen = socket_reads;
+                if started.elapsed() >= self.limits.header_timeout {
+                    return Err(ReadError::HeaderTimeout);
+                }
             }
 
             if byte == b'\n' && prev_byte_was_cr {

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
 
@@ -110,7 +110,13 @@ impl Rejecter {
                     let _ = connection.set_read_timeout(Some(Duration::from_millis(200)));
                     let _ = connection.set_write_timeout(Some(Duration::from_millis(200)));
                     let mut head = Vec::new();
-                    while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    // Bounded in time too, or a client dripping bytes would stall every
+                    // rejection behind it.
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    while head.len() < 16 * 1024
+                        && Instant::now() < deadline
+                        && !head.windows(4).any(|w| w == b"\r\n\r\n")
+                    {
                         match connection.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => head.extend_from_slice(&buf[..n]),

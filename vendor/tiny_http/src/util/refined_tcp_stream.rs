@@ -1,6 +1,8 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -88,6 +90,9 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // runstream patch: how many reads reached the socket, so the header reader checks the
+    // clock once per socket read rather than once per byte.
+    socket_reads: Arc<AtomicUsize>,
 }
 
 impl RefinedTcpStream {
@@ -103,12 +108,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            socket_reads: Arc::default(),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            socket_reads: Arc::default(),
         };
 
         Ok((read, write))
@@ -122,6 +129,11 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// Counts the reads that reach the socket.
+    pub(crate) fn socket_reads(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.socket_reads)
     }
 }
 
@@ -139,6 +151,7 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        self.socket_reads.fetch_add(1, Ordering::Relaxed);
         self.stream.read(buf)
     }
 }
