@@ -16,9 +16,11 @@ pub struct Line {
 ///
 /// Reads arrive in arbitrary pieces, so a `\r` at the end of a piece is held back until the
 /// next byte says whether it starts a `\r\n`. An empty segment ended by a bare `\r` is not a
-/// line (tqdm writes `\r` before each update). Text longer than `max_line` bytes is cut into
-/// `none` pieces at a character boundary, so memory per stream stays bounded and nothing is
-/// lost.
+/// line (tqdm writes `\r` before each update) — unless the line's text already went out as
+/// `none` pieces (a slow progress bar, flushed while the child was quiet): then an empty
+/// `cr` line ends it, so a reader knows the next text draws over it. Text longer than
+/// `max_line` bytes is cut into `none` pieces at a character boundary, so memory per stream
+/// stays bounded and nothing is lost.
 ///
 /// ```
 /// use runstream::{LineEnd, LineSplitter};
@@ -31,12 +33,17 @@ pub struct Line {
 /// split.flush(&mut lines); // the child went quiet: hand out what is pending
 /// assert_eq!(lines[0].message, "half");
 /// assert_eq!(lines[0].end, LineEnd::None);
+/// lines.clear();
+/// split.push(b"\r 10%", &mut lines); // a slow bar redraws: "half" was `\r`-ended
+/// assert_eq!((lines[0].message.as_str(), lines[0].end), ("", LineEnd::Cr));
 /// ```
 #[derive(Debug)]
 pub struct LineSplitter {
     pending: Vec<u8>,
     pending_cr: bool,
     max_line: usize,
+    /// The current line's text so far went out as `none` pieces.
+    continues: bool,
 }
 
 impl LineSplitter {
@@ -46,6 +53,7 @@ impl LineSplitter {
             pending: Vec::new(),
             pending_cr: false,
             max_line: max_line.max(4),
+            continues: false,
         }
     }
 
@@ -125,11 +133,8 @@ impl LineSplitter {
         self.emit_owned(segment, end, out);
     }
 
-    fn emit_owned(&self, mut text: &[u8], end: LineEnd, out: &mut Vec<Line>) {
-        if text.is_empty() && end == LineEnd::Cr {
-            return;
-        }
-        if text.is_empty() && end == LineEnd::None {
+    fn emit_owned(&mut self, mut text: &[u8], end: LineEnd, out: &mut Vec<Line>) {
+        if text.is_empty() && (end == LineEnd::None || end == LineEnd::Cr && !self.continues) {
             return;
         }
         while text.len() > self.max_line {
@@ -138,6 +143,7 @@ impl LineSplitter {
             text = &text[cut..];
         }
         out.push(decode(text, end));
+        self.continues = end == LineEnd::None;
     }
 
     fn cut_long_pending(&mut self, out: &mut Vec<Line>) {
@@ -151,6 +157,7 @@ impl LineSplitter {
             offset = cut;
         }
         self.pending.drain(..offset);
+        self.continues = true;
     }
 }
 
@@ -322,5 +329,34 @@ mod tests {
         assert_eq!(split_all(&[b"partial"], 100), lines(&[("partial", Cut)]));
         assert_eq!(split_all(&[b"bar\r"], 100), lines(&[("bar", Cr)]));
         assert_eq!(split_all(&[b""], 100), lines(&[]));
+    }
+
+    /// A slow progress bar: each update went out as a `none` piece while the child was
+    /// quiet, so the `\r` before the next one must still say "this line was redrawn".
+    #[test]
+    fn a_cr_after_a_flushed_piece_ends_that_line() {
+        let mut s = LineSplitter::new(100);
+        let mut out = Vec::new();
+        for piece in [&b"\r 10%"[..], b"\r 20%", b"\n", b"\rdone", b"\n"] {
+            s.push(piece, &mut out);
+            s.flush(&mut out); // quiet after every write
+        }
+        let got: Vec<_> = out.into_iter().map(|l| (l.message, l.end)).collect();
+        assert_eq!(
+            got,
+            lines(&[
+                (" 10%", Cut),
+                ("", Cr),
+                (" 20%", Cut),
+                ("", Lf),
+                ("done", Cut),
+                ("", Lf)
+            ])
+        );
+        // A cut keeps the line's last piece pending, so its `\r` ends that piece.
+        assert_eq!(
+            split_all(&[b"abcdefgh\r", b"x\n"], 4),
+            lines(&[("abcd", Cut), ("efgh", Cr), ("x", Lf)])
+        );
     }
 }

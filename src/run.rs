@@ -211,6 +211,9 @@ struct Output {
     batch_bytes: usize,
     stderr_tail: VecDeque<String>,
     progress: Option<f64>,
+    /// Per stream (stdout, stderr): the level of the line whose text went out as `none`
+    /// pieces so far, if one is open.
+    open_line_level: [Option<Level>; 2],
 }
 
 impl Output {
@@ -224,11 +227,21 @@ impl Output {
             batch_bytes: 0,
             stderr_tail: VecDeque::new(),
             progress: None,
+            open_line_level: [None, None],
         }
     }
 
     fn push_line(&mut self, stream: Stream, line: Line, timestamp: Timestamp) {
-        let level = Level::classify(&line.message, stream, line.end);
+        let open = &mut self.open_line_level[stream_index(stream)];
+        // The empty end of a line already handed out in pieces (a slow progress bar's
+        // `\r` or final `\n`) is that line's: it keeps its level, not stderr's ERROR.
+        let level = match open.take() {
+            Some(level) if line.message.is_empty() => level,
+            _ => Level::classify(&line.message, stream, line.end),
+        };
+        if line.end == LineEnd::None {
+            *open = Some(level);
+        }
         if stream == Stream::Stderr && line.end != LineEnd::Cr && !line.message.trim().is_empty() {
             if self.stderr_tail.len() == STDERR_TAIL_LINES {
                 self.stderr_tail.pop_front();

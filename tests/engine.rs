@@ -92,6 +92,45 @@ fn tqdm_progress_on_stderr_is_info_and_sets_progress_percent() {
 }
 
 #[test]
+fn a_slow_progress_bar_flushed_in_pieces_still_says_each_redraw() {
+    // Each update is handed out as a `none` piece while the child is quiet (here: until
+    // the test opens a gate), so the `\r` that starts the next update must end that line.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let run = engine
+        .submit(
+            sh(r#"printf '\r 10%%|#' >&2
+                  while [ ! -e gate ]; do sleep 0.01; done
+                  printf '\r 20%%|##' >&2
+                  while [ ! -e gate2 ]; do sleep 0.01; done
+                  printf '\n' >&2"#)
+            .cwd(dir.path()),
+        )
+        .unwrap();
+    wait_for_entry(&run, |e| e.message == " 10%|#");
+    std::fs::write(dir.path().join("gate"), "").unwrap();
+    wait_for_entry(&run, |e| e.message == " 20%|##");
+    std::fs::write(dir.path().join("gate2"), "").unwrap();
+    let (entries, status) = collect(&run);
+    let got: Vec<_> = entries
+        .iter()
+        .filter(|e| e.stream == Stream::Stderr)
+        .map(|e| (e.message.as_str(), e.end, e.level))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (" 10%|#", LineEnd::None, Level::Info),
+            ("", LineEnd::Cr, Level::Info),
+            (" 20%|##", LineEnd::None, Level::Info),
+            // The bar's final newline is the bar's, not an empty stderr "error".
+            ("", LineEnd::Lf, Level::Info),
+        ]
+    );
+    assert_eq!(status.progress_percent, Some(20.0));
+}
+
+#[test]
 fn a_partial_line_appears_while_the_child_still_runs() {
     let engine = engine();
     let run = engine
