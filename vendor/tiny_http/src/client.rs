@@ -110,7 +110,9 @@ impl ClientConnection {
     ) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
-        let mut idle_since = Instant::now();
+        // Idle since the first wake-up that found no answer in progress: the previous
+        // answer may have finished any time before, so idle ends up to one read tick late.
+        let mut idle_since: Option<Instant> = None;
         let mut socket_reads_seen = usize::MAX;
 
         loop {
@@ -123,11 +125,13 @@ impl ClientConnection {
                         }
                         Some(_) => {}
                         // Between requests: a long response (a stream) keeps the connection.
-                        None if self.sink.previous_in_progress() => idle_since = Instant::now(),
-                        None if idle_since.elapsed() >= self.limits.idle_timeout => {
-                            return Err(ReadError::Idle)
+                        None if self.sink.previous_in_progress() => idle_since = None,
+                        None => {
+                            let since = *idle_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= self.limits.idle_timeout {
+                                return Err(ReadError::Idle);
+                            }
                         }
-                        None => {}
                     }
                     continue;
                 }

@@ -19,7 +19,7 @@ pub struct ConnectionLimits {
     /// than this gets 408 and is closed. Default 30 s.
     pub header_timeout: Duration,
     /// How long a connection may sit with no request arriving and no response in progress
-    /// before it is closed. Default 60 s.
+    /// before it is closed (noticed up to one read tick later). Default 60 s.
     pub idle_timeout: Duration,
     /// Longest request line or header line, in bytes (414 or 431 beyond). Default 8 KiB.
     pub max_line_bytes: usize,
