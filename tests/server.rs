@@ -661,11 +661,16 @@ fn tokens_guard_the_api_and_cors_is_opt_in() {
         resp.header("Access-Control-Allow-Origin"),
         Some("http://app.example")
     );
-    let resp = ureq::get(&format!("{}/api/health?token=s3cret", s.base))
-        .set("Origin", "http://evil.example")
-        .call()
-        .unwrap();
-    assert_eq!(resp.header("Access-Control-Allow-Origin"), None);
+    assert_error(
+        s.call_with(
+            "GET",
+            "/api/health?token=s3cret",
+            None,
+            &[("Origin", "http://evil.example")],
+        ),
+        403,
+        "FORBIDDEN",
+    );
     let preflight = ureq::request("OPTIONS", &format!("{}/api/runs", s.base))
         .set("Origin", "http://app.example")
         .call()
@@ -685,6 +690,72 @@ fn tokens_guard_the_api_and_cors_is_opt_in() {
         },
     );
     assert!(no_token.err().unwrap().contains("without a token"));
+}
+
+/// One request over raw TCP (the `Host` header is ours to set); returns status and body.
+fn raw_request(s: &TestServer, head: &str, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(s.server.addr()).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn pages_on_other_sites_can_neither_start_runs_nor_read_the_api() {
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            allow_commands: true,
+            ..ServerConfig::default()
+        },
+    );
+    let host = format!("Host: {}", s.server.addr());
+    let marker = s.dir.path().join("pwned");
+    let argv = format!(r#"{{"argv": ["touch", "{}"]}}"#, marker.display());
+    // A "simple" cross-site POST, which a browser sends without asking first.
+    let forged = format!("POST /api/runs HTTP/1.1\r\n{host}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain");
+    assert_error(raw_request(&s, &forged, &argv), 403, "FORBIDDEN");
+    let forged_module = format!(
+        "POST /api/modules/wait/run HTTP/1.1\r\n{host}\r\nOrigin: null\r\nContent-Type: application/x-www-form-urlencoded"
+    );
+    assert_error(raw_request(&s, &forged_module, ""), 403, "FORBIDDEN");
+    // Without an Origin, a form or text body is still not taken for JSON.
+    let text_body = format!("POST /api/runs HTTP/1.1\r\n{host}\r\nContent-Type: text/plain");
+    assert_error(raw_request(&s, &text_body, &argv), 422, "VALIDATION_ERROR");
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1 is same-origin to the
+    // browser, but its Host header gives it away.
+    let rebound = "GET /api/runs HTTP/1.1\r\nHost: evil.example:8787";
+    assert_error(raw_request(&s, rebound, ""), 403, "FORBIDDEN");
+    assert_eq!(
+        s.call("GET", "/api/runs", None).1["total"],
+        0,
+        "nothing ran"
+    );
+    assert!(!marker.exists());
+
+    // The server's own page (same origin), localhost names and plain clients still work.
+    let own = format!(
+        "POST /api/runs HTTP/1.1\r\n{host}\r\nOrigin: http://{}\r\nContent-Type: application/json",
+        s.server.addr()
+    );
+    assert_eq!(raw_request(&s, &own, &argv).0, 202);
+    let by_name = format!(
+        "GET /api/health HTTP/1.1\r\nHost: localhost:{}",
+        s.server.addr().port()
+    );
+    assert_eq!(raw_request(&s, &by_name, "").0, 200);
+    let no_content_type = format!("POST /api/runs HTTP/1.1\r\n{host}");
+    assert_eq!(raw_request(&s, &no_content_type, &argv).0, 202);
 }
 
 #[test]

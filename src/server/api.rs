@@ -15,6 +15,7 @@ use super::http::{
 };
 use super::modules::BuildError;
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
+use super::same_origin;
 use super::{metrics, sse, AppState};
 use crate::{From, Next, RunHandle, RunSpec, RunState, Stream, Timestamp};
 
@@ -90,6 +91,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
     }
     let protected = matches!(segments.first(), Some(&"api") | Some(&"metrics"));
     if protected {
+        same_origin::check(request, &state.config)?;
         if let Some(token) = &state.config.token {
             check_token(request, token)?;
         }

@@ -184,6 +184,23 @@ pub fn read_json_body(request: &mut Request, limit: usize) -> Result<Value, ApiE
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
+    // As FastAPI does: a form or text body is not taken for JSON, so a cross-site form
+    // post cannot pass for an API call.
+    if let Some(kind) = request_header(request, "Content-Type") {
+        let essence = kind
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let json = essence == "application/json"
+            || essence.starts_with("application/") && essence.ends_with("+json");
+        if !json {
+            return Err(ApiError::validation(format!(
+                "the body must be JSON sent as Content-Type: application/json (got {kind:?})"
+            )));
+        }
+    }
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::validation(format!("request body is not valid JSON: {e}")))
 }

@@ -22,6 +22,7 @@ mod http;
 mod metrics;
 mod modules;
 mod run_json;
+mod same_origin;
 mod sse;
 mod store;
 
