@@ -181,7 +181,7 @@ fn cpu_of(pid: u32) -> Duration {
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.split_once("\r\n\r\n")
@@ -225,7 +225,7 @@ fn stream_path(kind: Kind, id: &str) -> String {
 /// of the stream.
 fn count_events(addr: SocketAddr, path: String, ready: mpsc::Sender<()>) -> u64 {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut reader = BufReader::with_capacity(256 * 1024, s);
     let mut line = String::new();
     loop {
@@ -333,7 +333,7 @@ fn latency(server: &ServerProcess, samples: usize, dir: &Path) -> (Duration, Dur
     let mut s = TcpStream::connect(server.addr).unwrap();
     write!(
         s,
-        "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: localhost\r\n\r\n",
         stream_path(server.kind, &id)
     )
     .unwrap();

@@ -759,6 +759,108 @@ fn pages_on_other_sites_can_neither_start_runs_nor_read_the_api() {
 }
 
 #[test]
+fn a_finished_stream_leaves_the_connection_as_http_says() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s = start();
+    let id = s.start_module("lines", json!({"count": 3}));
+    s.wait_finished(&id);
+    let connect = || {
+        let stream = std::net::TcpStream::connect(s.server.addr()).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+    };
+    // Reads a response head; returns its lines.
+    fn head(reader: &mut impl BufRead) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim_end().is_empty() {
+                return lines;
+            }
+            lines.push(line.trim_end().to_ascii_lowercase());
+        }
+    }
+    // Reads a chunked body to its zero-length chunk.
+    fn chunked_body(reader: &mut impl BufRead) -> String {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim_end(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                return String::from_utf8(body).unwrap();
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    let stream_path = format!("/api/runs/{id}/logs/stream");
+
+    // HTTP/1.1 keep-alive: chunked, and the connection serves the next request.
+    let mut stream = connect();
+    write!(
+        stream,
+        "GET {stream_path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let lines = head(&mut reader);
+    assert!(
+        lines.contains(&"transfer-encoding: chunked".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("connection: close")),
+        "{lines:?}"
+    );
+    assert!(chunked_body(&mut reader).contains("event: complete"));
+    write!(
+        stream,
+        "GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
+    assert!(head(&mut reader)[0].starts_with("http/1.1 200"));
+
+    // `Connection: close`: said, and done right after the terminator.
+    let mut stream = connect();
+    write!(
+        stream,
+        "GET {stream_path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let lines = head(&mut reader);
+    assert!(
+        lines.contains(&"connection: close".to_string()),
+        "{lines:?}"
+    );
+    assert!(chunked_body(&mut reader).contains("event: complete"));
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after the response");
+
+    // HTTP/1.0 has no chunked framing: a plain body that ends when the connection does.
+    let mut stream = connect();
+    write!(
+        stream,
+        "GET {stream_path} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let lines = head(&mut reader);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("transfer-encoding")),
+        "{lines:?}"
+    );
+    let mut body = String::new();
+    reader.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("retry:"), "{body:?}");
+    assert!(body.contains("event: complete"), "{body:?}");
+}
+
+#[test]
 fn raw_commands_need_allow_commands_and_are_validated() {
     let s = start_with(
         EngineConfig::default(),

@@ -324,7 +324,7 @@ impl Sse {
     fn connect(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Sse) {
         let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
         socket.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -898,7 +898,7 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
         let mut stream = TcpStream::connect(addr).ok()?;
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream
-            .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .ok()?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer).ok()?;

@@ -11,7 +11,7 @@ use tiny_http::{Method, Request, Response};
 use super::auth::{check_token, cors_headers};
 use super::http::{
     header, json_response, query_number, query_pairs, query_value, read_json_body, request_header,
-    url_path, ApiError, ChunkedWriter, FullResponse,
+    url_path, ApiError, FullResponse, StreamingResponse,
 };
 use super::modules::BuildError;
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
@@ -560,7 +560,7 @@ fn download(run: RunHandle, request: Request, cors: &[(&'static str, String)]) {
     ];
     headers.extend(cors.iter().map(|(k, v)| (*k, v.as_str())));
     let result = (|| -> std::io::Result<()> {
-        let mut out = ChunkedWriter::start(request, "200 OK", &headers)?;
+        let mut out = StreamingResponse::start(request, "200 OK", &headers)?;
         let capture = run.capture();
         let mut cursor = 0;
         let mut text = String::new();

@@ -205,24 +205,39 @@ pub fn read_json_body(request: &mut Request, limit: usize) -> Result<Value, ApiE
         .map_err(|e| ApiError::validation(format!("request body is not valid JSON: {e}")))
 }
 
-/// Writes a response with a chunked body straight to the connection, bypassing
+/// Writes a response body straight to the connection as it is produced, bypassing
 /// tiny_http's buffering (which holds ~8 KiB before sending anything): each `chunk` goes
 /// out and is flushed at once.
-pub struct ChunkedWriter {
+///
+/// HTTP/1.1 gets chunked framing and the connection stays usable after the response (it
+/// is closed at once if the client sent `Connection: close`). HTTP/1.0 has no chunked
+/// framing: the body is sent as is and ends when the connection closes. (tiny_http stops
+/// reading from a connection after a 1.0 or `close` request, so the connection closes as
+/// soon as this writer is dropped.)
+pub struct StreamingResponse {
     out: Box<dyn Write + Send>,
+    chunked: bool,
 }
 
-impl ChunkedWriter {
-    /// Takes over the connection and writes the status line and headers. The connection
-    /// is closed after the response (`Connection: close`).
+impl StreamingResponse {
+    /// Takes over the connection and writes the status line and headers.
     pub fn start(
         request: Request,
         status: &str,
         headers: &[(&str, &str)],
-    ) -> io::Result<ChunkedWriter> {
-        let mut out = request.into_writer();
-        let mut head =
-            format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+    ) -> io::Result<StreamingResponse> {
+        let http_1_0 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+        let close_asked = request_header(&request, "Connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+        let mut head = format!("HTTP/1.1 {status}\r\n");
+        if http_1_0 {
+            head.push_str("Connection: close\r\n");
+        } else {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+            if close_asked {
+                head.push_str("Connection: close\r\n");
+            }
+        }
         for (name, value) in headers {
             head.push_str(name);
             head.push_str(": ");
@@ -230,25 +245,35 @@ impl ChunkedWriter {
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
+        let mut out = request.into_writer();
         out.write_all(head.as_bytes())?;
         out.flush()?;
-        Ok(ChunkedWriter { out })
+        Ok(StreamingResponse {
+            out,
+            chunked: !http_1_0,
+        })
     }
 
-    /// Sends one chunk and flushes it. An error means the client is gone.
+    /// Sends `data` and flushes it. An error means the client is gone.
     pub fn chunk(&mut self, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        write!(self.out, "{:x}\r\n", data.len())?;
-        self.out.write_all(data)?;
-        self.out.write_all(b"\r\n")?;
+        if self.chunked {
+            write!(self.out, "{:x}\r\n", data.len())?;
+            self.out.write_all(data)?;
+            self.out.write_all(b"\r\n")?;
+        } else {
+            self.out.write_all(data)?;
+        }
         self.out.flush()
     }
 
-    /// Ends the body (the zero-length chunk).
+    /// Ends the body (the zero-length chunk; for HTTP/1.0, closing the connection).
     pub fn finish(mut self) -> io::Result<()> {
-        self.out.write_all(b"0\r\n\r\n")?;
+        if self.chunked {
+            self.out.write_all(b"0\r\n\r\n")?;
+        }
         self.out.flush()
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tiny_http::Request;
 
-use super::http::ChunkedWriter;
+use super::http::StreamingResponse;
 use super::run_json::{complete_json, run_json};
 use crate::{Next, RunHandle, Subscription};
 
@@ -28,7 +28,7 @@ pub fn stream(
         ("X-Accel-Buffering", "no"),
     ];
     headers.extend_from_slice(extra_headers);
-    let mut out = ChunkedWriter::start(request, "200 OK", &headers)?;
+    let mut out = StreamingResponse::start(request, "200 OK", &headers)?;
     out.chunk(format!("retry: {}\n\n", retry.as_millis()).as_bytes())?;
     let mut buf = String::new();
     let mut digits = [0u8; 20];
