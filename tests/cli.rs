@@ -179,3 +179,142 @@ fn a_closed_stdout_stops_the_run_like_sigpipe() {
     drop(stdout); // like `| head -2`
     assert_eq!(child.wait().unwrap().code(), Some(141));
 }
+
+#[test]
+fn an_unusable_log_dir_is_refused_before_the_command_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let marker = dir.path().join("marker");
+    let log_dir = file.join("logs"); // under a regular file: cannot be created
+    let (code, out, err) = run(&[
+        "--log-dir",
+        log_dir.to_str().unwrap(),
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        format!(
+            "runstream: cannot use --log-dir {}: Not a directory (os error 20)\n",
+            log_dir.display()
+        )
+    );
+    assert!(!marker.exists(), "the command must not have run");
+
+    // A usable one is created, keeps the log, and holds nothing else (the probe is gone).
+    let log_dir = dir.path().join("new/logs");
+    let (code, _, err) = run(&["--log-dir", log_dir.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<String> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with(".jsonl")), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with(".runstream-probe")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_zero_timeout_means_no_timeout() {
+    for zero in ["0", "0s", "0ms"] {
+        let (code, _, err) = run(&["--timeout", zero, "--", "sh", "-c", "exit 3"]);
+        assert_eq!(code, 3, "--timeout {zero}: {err}");
+        assert!(!err.contains("timed out"), "{err}");
+    }
+}
+
+#[test]
+fn stdin_is_dev_null_so_piped_data_never_reaches_the_command() {
+    let (reader, mut writer) = os_pipe::pipe().unwrap();
+    std::io::Write::write_all(&mut writer, b"hello\n").unwrap();
+    drop(writer); // the data is in the pipe, then end of file
+    let out = runstream()
+        .args(["run", "--", "cat"])
+        .stdin(reader)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let (_, help, _) = run(&["--help"]);
+    assert!(help.contains("stdin is /dev/null"), "{help}");
+}
+
+/// `runstream run -- sh -c 'touch MARKER; echo hi'` with the given stdout; returns the exit
+/// code, stderr, and whether the command ran.
+fn run_with_stdout(stdout: Stdio, close_fd_1: bool) -> (i32, String, bool) {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let mut command = runstream();
+    command
+        .args(["run", "--", "sh", "-c", "touch \"$1\"; echo hi", "sh"])
+        .arg(&marker)
+        .stdout(stdout)
+        .stderr(Stdio::piped());
+    if close_fd_1 {
+        // SAFETY: close() is async-signal-safe; fd 1 is the child's own copy.
+        unsafe {
+            command.pre_exec(|| {
+                libc::close(1);
+                Ok(())
+            });
+        }
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        marker.exists(),
+    )
+}
+
+#[test]
+#[cfg(target_os = "linux")] // elsewhere a closed fd 1 is /dev/null before runstream can see it
+fn a_closed_stdout_is_refused_before_the_command_starts() {
+    let (code, err, ran) = run_with_stdout(Stdio::inherit(), true);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        "runstream: cannot write to stdout: Bad file descriptor (os error 9)\n"
+    );
+    assert!(!ran, "the command must not have run");
+}
+
+#[test]
+fn a_read_only_stdout_is_refused_before_the_command_starts() {
+    let read_only = std::fs::File::open("/dev/null").unwrap();
+    let (code, err, ran) = run_with_stdout(read_only.into(), false);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        "runstream: cannot write to stdout: Bad file descriptor (os error 9)\n"
+    );
+    assert!(!ran, "the command must not have run");
+}
+
+#[test]
+#[cfg(target_os = "linux")] // /dev/full
+fn a_failed_write_to_stdout_stops_the_run_with_exit_1() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = runstream()
+        .args(["run", "--", "yes"]) // never ends unless stopped
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("runstream: cannot write to stdout: No space left on device"),
+        "{err}"
+    );
+}

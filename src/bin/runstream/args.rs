@@ -15,16 +15,20 @@ gpu: prints the GPUs once (name, memory, utilisation, temperature, power, proces
 
 run: runs one command through the engine in the foreground, output live.
   --json             print every entry as one JSON line on stdout
-  --timeout DUR      stop the command after DUR (e.g. 90s, 500ms, 2m, 1h); exit 124
+  --timeout DUR      stop the command after DUR (e.g. 90s, 500ms, 2m, 1h; 0 = none);
+                     exit 124
   --grace DUR        time between SIGTERM and SIGKILL when stopping (default 5s)
   --cwd DIR          working directory
   --env KEY=VALUE    set an environment variable (repeatable)
   --log-dir DIR      keep the full output in DIR/{run_id}.jsonl (without it the same
-                     file is temporary and removed at exit)
+                     file is temporary and removed at exit); if DIR cannot be
+                     created or written, nothing is started (exit 2)
+  The command's stdin is /dev/null: runs are not interactive.
   Ctrl-C / SIGTERM stops the command gracefully (exit 130); a second one kills it.
   Exit status: the command's own; 128+N if it died by signal N; 124 on timeout;
   127 if it could not be found, 126 if it could not be started; 141 if stdout was
-  closed by its reader (the command is then stopped).
+  closed by its reader, 1 if stdout cannot be written (closed, read-only, disk full):
+  the command is then stopped, or not started if that is known before.
 ";
 
 /// What `runstream run` was asked to do.
@@ -104,7 +108,8 @@ fn parse_run(mut argv: impl Iterator<Item = OsString>) -> Result<RunArgs, String
         match name.as_str() {
             "-h" | "--help" => return Err(String::new()),
             "--json" => out.json = true,
-            "--timeout" => out.timeout = Some(parse_duration(&value()?)?),
+            // 0 = no timeout, as `timeout_seconds: 0` in the HTTP API and `timeout 0 CMD`.
+            "--timeout" => out.timeout = Some(parse_duration(&value()?)?).filter(|t| !t.is_zero()),
             "--grace" => out.grace = Some(parse_duration(&value()?)?),
             "--cwd" => out.cwd = Some(value()?.into()),
             "--log-dir" => out.log_dir = Some(value()?.into()),
@@ -191,6 +196,18 @@ mod tests {
         // Options after the program belong to the program.
         let r = run(&["echo", "--json"]).unwrap();
         assert_eq!((r.json, r.args.len()), (false, 1));
+    }
+
+    #[test]
+    fn a_zero_timeout_is_no_timeout() {
+        for zero in ["0", "0s", "0ms", "0.0m"] {
+            assert_eq!(
+                run(&["--timeout", zero, "--", "true"]).unwrap().timeout,
+                None
+            );
+        }
+        let r = run(&["--timeout=1ms", "--", "true"]).unwrap();
+        assert_eq!(r.timeout, Some(Duration::from_millis(1)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `runstream run`: one command through the engine, in the foreground.
 
 use std::io::{self, BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,24 @@ use crate::stop_requests;
 
 /// Runs the command; returns the process exit status to use.
 pub fn run(args: RunArgs) -> i32 {
+    // Refuse before starting anything when the output has nowhere to go: the run would go
+    // on with its output silently lost.
+    if let Some(e) = stdout_check::unusable() {
+        eprintln!("runstream: cannot write to stdout: {e}");
+        return 1;
+    }
+    // The engine only logs an error when it cannot write the log and runs the command
+    // anyway; whoever asked for the log to be kept should learn before anything starts.
+    if let Some(dir) = &args.log_dir {
+        if let Err(reason) = check_log_dir(dir) {
+            eprintln!(
+                "runstream: cannot use --log-dir {}: {reason}",
+                dir.display()
+            );
+            return 2;
+        }
+    }
+
     // The output always goes through a log file, so that a consumer slower than the child
     // (a pipe, a busy disk) loses nothing: it reads what the ring let go from the file.
     // Without --log-dir that file is temporary.
@@ -80,15 +99,80 @@ pub fn run(args: RunArgs) -> i32 {
     }
 
     let printed = print_output(&run, args.json);
-    let code = if printed.stdout_closed {
+    let code = match &printed.stdout_error {
         // Like a command killed by SIGPIPE: whoever read our output stopped reading.
-        141
-    } else {
-        exit_code(&printed.status, user_stopped.load(Ordering::SeqCst))
+        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => 141,
+        // Like coreutils' "write error" (the printer said why).
+        Some(_) => 1,
+        None => exit_code(&printed.status, user_stopped.load(Ordering::SeqCst)),
     };
     drop(engine);
     drop(scratch);
     code
+}
+
+/// Creates `dir` if needed, then creates and removes a file in it: what the engine will
+/// do with the run's log.
+fn check_log_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let probe = dir.join(format!(".runstream-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| format!("cannot create a file in it: {e}"))?;
+    std::fs::remove_file(&probe).map_err(|e| format!("cannot remove {}: {e}", probe.display()))
+}
+
+/// Whether fd 1 can take the output, checked before anything starts because std hides the
+/// answer later: a write to a closed or read-only fd 1 fails with EBADF, and `io::stdout()`
+/// turns EBADF into success (a missing stdout is treated as a sink), so the output would
+/// be lost without a word.
+#[cfg(unix)]
+mod stdout_check {
+    /// EBADF, what a write to fd 1 would get, if fd 1 was closed at start or cannot be
+    /// written.
+    pub fn unusable() -> Option<std::io::Error> {
+        // SAFETY: F_GETFL only reads the flags of fd 1.
+        let flags = unsafe { libc::fcntl(1, libc::F_GETFL) };
+        let writable = flags != -1 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+        (closed_at_start() || !writable).then(|| std::io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    /// Rust's runtime reopens a closed fd 0, 1 or 2 on /dev/null before `main` (so that a
+    /// file opened later cannot take its place), so a closed fd 1 can only be seen before
+    /// that: by an ELF constructor (`.init_array`), which the loader runs before `main`.
+    #[cfg(target_os = "linux")]
+    fn closed_at_start() -> bool {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        static CLOSED: AtomicBool = AtomicBool::new(false);
+
+        extern "C" fn check() {
+            // SAFETY: F_GETFD only reads the flags of fd 1; it fails only if fd 1 is closed.
+            let closed = unsafe { libc::fcntl(1, libc::F_GETFD) } == -1;
+            CLOSED.store(closed, Ordering::Relaxed);
+        }
+
+        #[used]
+        #[link_section = ".init_array"]
+        static CHECK: extern "C" fn() = check;
+
+        CLOSED.load(Ordering::Relaxed)
+    }
+
+    /// Elsewhere a closed fd 1 is not noticed: it is /dev/null by the time `main` runs.
+    #[cfg(not(target_os = "linux"))]
+    fn closed_at_start() -> bool {
+        false
+    }
+}
+
+#[cfg(not(unix))]
+mod stdout_check {
+    pub fn unusable() -> Option<std::io::Error> {
+        None
+    }
 }
 
 /// A temporary directory for the run's log, removed when dropped.
@@ -115,25 +199,27 @@ impl Drop for ScratchDir {
 /// How printing ended.
 struct Printed {
     status: RunStatus,
-    /// Our stdout was closed by its reader (`| head`): the run was stopped.
-    stdout_closed: bool,
+    /// Writing to our stdout failed, and the run was stopped: `BrokenPipe` when its reader
+    /// went away (`| head`), anything else when it cannot take the output (a full disk).
+    stdout_error: Option<io::Error>,
 }
 
 /// Prints entries as they come: stdout entries to stdout, stderr entries to stderr, each
 /// with its own terminator (so `\r` progress bars redraw in place); the engine's warnings
 /// to stderr. With `json`, every entry is one JSON line on stdout. Writes are buffered per
 /// batch (flushed when the batch ends, and when output switches between stdout and stderr,
-/// so their order is kept). If stdout is closed by its reader, the run is stopped, as a
-/// pipeline stops on SIGPIPE.
+/// so their order is kept). If a write to stdout fails, the run is stopped, as a pipeline
+/// stops on SIGPIPE: the output has nowhere to go. Any failure but the reader going away
+/// is said on stderr.
 fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
     let stdout = io::stdout();
     let stderr = io::stderr();
     let mut sub = run.subscribe(From::Start);
-    let mut stdout_closed = false;
+    let mut stdout_error = None;
     loop {
         match sub.next(Duration::from_secs(3600)) {
             Next::Entries(entries) => {
-                if stdout_closed {
+                if stdout_error.is_some() {
                     continue; // draining until the stopped run ends
                 }
                 let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
@@ -176,10 +262,14 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
                 }
                 let flushed = written.and_then(|()| out.flush());
                 let _ = err.flush();
-                if flushed.is_err() {
-                    stdout_closed = true;
-                    drop(out);
+                if let Err(e) = flushed {
+                    drop((out, err));
+                    // A reader that went away is the normal end of `| head`: nothing to say.
+                    if e.kind() != io::ErrorKind::BrokenPipe {
+                        eprintln!("runstream: cannot write to stdout: {e}");
+                    }
                     run.cancel();
+                    stdout_error = Some(e);
                 }
             }
             Next::Gap { from_seq, to_seq } => eprintln!(
@@ -190,7 +280,7 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
             Next::End(status) => {
                 return Printed {
                     status,
-                    stdout_closed,
+                    stdout_error,
                 }
             }
         }
