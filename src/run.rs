@@ -527,8 +527,9 @@ impl<'a> Supervisor<'a> {
 
     fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
         self.exit = Some(status.map_or((None, None), process::exit_parts));
-        // Like a container or a systemd unit: what is left of the group goes too.
-        if self.killed_at.is_none() {
+        // Like a container or a systemd unit: what is left of the group goes too. (When a
+        // stop is under way the group already got SIGTERM, and SIGKILL is due.)
+        if self.killed_at.is_none() && self.stop_reason.is_none() {
             let left = self.group.live_members();
             if !left.is_empty() {
                 let n = left.len();
@@ -550,8 +551,20 @@ impl<'a> Supervisor<'a> {
     /// Graceful stop: SIGTERM to the group now, SIGKILL when the grace period ends.
     /// Cancel, timeout and shutdown all come through here.
     fn stop(&mut self, reason: StopReason) {
-        if self.stop_reason.is_some() || self.exit.is_some() {
-            return; // already stopping, or already over: stopping is idempotent
+        if self.stop_reason.is_some() {
+            return; // already stopping: stopping is idempotent
+        }
+        if self.exit.is_some() {
+            // The leader is gone and what outlived it is being stopped already (SIGTERM
+            // sent, SIGKILL due): the stop changes only how the run is reported. With
+            // nothing left alive, the run is just draining its output and completes.
+            if self.kill_at.is_some() || self.killed_at.is_some() {
+                self.stop_reason = Some(reason);
+                self.ctx
+                    .capture
+                    .update_status(true, |s| s.cancelling = true);
+            }
+            return;
         }
         self.stop_reason = Some(reason);
         self.ctx

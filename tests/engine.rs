@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use runstream::{
     Engine, EngineConfig, Event, From, Level, LineEnd, Next, RunSpec, RunState, Stream,
@@ -340,6 +340,12 @@ fn cancel_terminates_the_whole_process_group() {
             .any(|m| m.contains("sent SIGTERM to process group")),
         "{system:?}"
     );
+    // The sleeps got the same SIGTERM as sh: not "outlived the leader" a second time.
+    assert_eq!(
+        system.iter().filter(|m| m.contains("sent SIGTERM")).count(),
+        1,
+        "{system:?}"
+    );
     assert!(!run.cancel(), "cancel of a finished run is a no-op");
 }
 
@@ -438,6 +444,38 @@ fn the_run_completes_when_the_leader_exits_and_leftovers_are_terminated() {
         system.iter().any(|m| m.contains("outlived the leader")),
         "{system:?}"
     );
+}
+
+#[test]
+fn a_cancel_while_leftovers_are_being_stopped_takes_effect_at_once() {
+    let engine = engine();
+    let run = engine
+        .submit(
+            sh("(trap '' TERM; exec sleep 100) >/dev/null 2>&1 & echo leader-done")
+                .grace(Duration::from_secs(60)),
+        )
+        .unwrap();
+    // The leader is gone; the leftover ignores SIGTERM and has 60 s of grace.
+    wait_for_entry(&run, |e| e.message.contains("outlived the leader"));
+    let pgid = run.status().pid.unwrap();
+    let mut sub = run.subscribe(From::Tail(0));
+    assert!(run.cancel(), "the run is not over while its group lives");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match sub.next(PATIENCE) {
+            Next::Status(s) if s.cancelling => break,
+            Next::End(s) => panic!("ended before it said cancelling: {s:?}"),
+            _ => assert!(Instant::now() < deadline, "no cancelling status"),
+        }
+    }
+    assert!(
+        run.kill(),
+        "SIGKILL instead of waiting out the grace period"
+    );
+    let status = run.wait_timeout(PATIENCE).expect("finished after SIGKILL");
+    assert_eq!(status.status, RunState::Cancelled, "{status:?}");
+    assert_eq!(status.exit_code, Some(0), "the leader's own exit");
+    assert!(live_group_members(pgid).is_empty());
 }
 
 #[test]
