@@ -262,6 +262,10 @@ fn endpoints_answer_with_the_documented_shapes_and_errors() {
     assert_eq!(list["runs"][0]["run_id"], id.as_str());
     let (_, list) = s.call("GET", "/api/runs?status=failed", None);
     assert_eq!(list["total"], 0);
+    for either in ["status=failed&status=completed", "status=failed,completed"] {
+        let (_, list) = s.call("GET", &format!("/api/runs?{either}"), None);
+        assert_eq!(list["total"], 1, "{either}");
+    }
     assert_error(
         s.call("GET", "/api/runs?status=bogus", None),
         422,
@@ -888,6 +892,7 @@ fn raw_commands_need_allow_commands_and_are_validated() {
         r#"{"argv": [1]}"#,
         r#"{"argv": ["ls"], "timeout_seconds": -1}"#,
         r#"{"argv": ["ls"], "bogus": 1}"#,
+        r#"{"argv": ["ls"], "cwd": "/tmp\u0000x"}"#,
         "[]",
     ] {
         assert_error(

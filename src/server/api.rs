@@ -299,6 +299,9 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
     let mut spec = RunSpec::new(&argv[0]).args(&argv[1..]);
     match o.get("cwd") {
         None | Some(Value::Null) => {}
+        Some(Value::String(dir)) if dir.contains('\0') => {
+            return Err(ApiError::validation("\"cwd\" must not contain NUL"))
+        }
         Some(Value::String(dir)) => spec = spec.cwd(dir),
         Some(_) => return Err(ApiError::validation("\"cwd\" must be a string")),
     }
@@ -357,14 +360,20 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
 
 fn list_runs(state: &AppState, url: &str) -> Result<Reply, ApiError> {
     let q = query_pairs(url);
-    let status = match query_value(&q, "status").filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
-            ApiError::validation(format!(
-                "unknown status {s:?} (use queued, running, completed, failed, cancelled or timed_out)"
-            ))
-        })?),
-    };
+    // `status=a&status=b` and `status=a,b` both mean either.
+    let statuses = q
+        .iter()
+        .filter(|(k, _)| k == "status")
+        .flat_map(|(_, v)| v.split(','))
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            RunState::parse(s).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "unknown status {s:?} (use queued, running, completed, failed, cancelled or timed_out)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let module_id = query_value(&q, "module_id").filter(|s| !s.is_empty());
     let limit = query_number(&q, "limit")?.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
@@ -377,7 +386,7 @@ fn list_runs(state: &AppState, url: &str) -> Result<Reply, ApiError> {
         .into_iter()
         .rev() // newest first
         .map(|r| r.status())
-        .filter(|s| status.is_none_or(|want| s.status == want))
+        .filter(|s| statuses.is_empty() || statuses.contains(&s.status))
         .filter(|s| module_id.is_none_or(|m| s.module_id == m))
         .collect();
     let total = runs.len();
