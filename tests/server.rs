@@ -819,7 +819,15 @@ fn a_finished_stream_leaves_the_connection_as_http_says() {
         !lines.iter().any(|l| l.starts_with("connection: close")),
         "{lines:?}"
     );
-    assert!(chunked_body(&mut reader).contains("event: complete"));
+    let body = chunked_body(&mut reader);
+    assert!(body.contains("event: complete"));
+    // A replay starts with how the run ended, and does not pass through `running` again.
+    let first_event = body.split("\n\n").nth(1).unwrap();
+    assert!(
+        first_event.starts_with("event: status") && first_event.contains(r#""status":"completed""#),
+        "{body}"
+    );
+    assert_eq!(body.matches("event: status").count(), 1, "{body}");
     write!(
         stream,
         "GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n"

@@ -30,6 +30,14 @@ pub fn stream(
     headers.extend_from_slice(extra_headers);
     let mut out = StreamingResponse::start(request, "200 OK", &headers)?;
     out.chunk(format!("retry: {}\n\n", retry.as_millis()).as_bytes())?;
+    // A finished run's stream is a replay: its first status is how it ended, not the
+    // `running` it was at seq 0 (a page's badge would flicker back to running), and the
+    // statuses it passed through on the way are history, not news.
+    let finished = run.status();
+    let replay = finished.status.is_finished();
+    if replay {
+        out.chunk(format!("event: status\ndata: {}\n\n", run_json(&finished)).as_bytes())?;
+    }
     let mut buf = String::new();
     let mut digits = [0u8; 20];
     loop {
@@ -61,6 +69,7 @@ pub fn stream(
                     "event: gpu\ndata: {{\"gpu_memory_bytes\":{memory_bytes},\"gpu_memory_peak_bytes\":{peak_bytes}}}\n\n"
                 );
             }
+            Next::Status(_) if replay => continue,
             Next::Status(status) => {
                 let _ = write!(buf, "event: status\ndata: {}\n\n", run_json(&status));
             }
