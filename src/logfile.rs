@@ -154,6 +154,55 @@ pub(crate) fn scan_index(path: &Path) -> io::Result<(Vec<u64>, u64)> {
     Ok((index, count))
 }
 
+/// Ends the log of a run that was live when the server died: drops a torn last line (a
+/// write the crash cut short) and appends a `system` entry with `message`. Returns when
+/// the last entry before the crash was made, if there was one: the latest time the run was
+/// known to be alive.
+pub(crate) fn close_after_crash(
+    path: &Path,
+    message: String,
+) -> io::Result<Option<crate::Timestamp>> {
+    // Created if missing: a run that was still queued has no log yet.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let mut reader = BufReader::new(&file);
+    let (mut complete_len, mut count) = (0u64, 0u64);
+    let (mut line, mut last) = (Vec::new(), Vec::new());
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        complete_len += n as u64;
+        count += 1;
+        std::mem::swap(&mut line, &mut last);
+    }
+    let last_time = std::str::from_utf8(&last)
+        .ok()
+        .and_then(|l| Entry::from_json(l.trim_end()))
+        .map(|e| e.timestamp);
+    drop(reader);
+    file.set_len(complete_len)?;
+    file.seek(SeekFrom::End(0))?;
+    let entry = Entry::new(
+        count,
+        crate::Timestamp::now(),
+        crate::Stream::System,
+        crate::Level::Error,
+        message,
+        crate::LineEnd::Lf,
+    );
+    file.write_all(entry.json().as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(last_time)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +217,40 @@ mod tests {
             format!("line {seq}"),
             LineEnd::Lf,
         )
+    }
+
+    #[test]
+    fn a_log_closed_after_a_crash_loses_its_torn_line_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let mut w = LogWriter::create(path.clone()).unwrap();
+        for seq in 0..3 {
+            w.append(&entry(seq)).unwrap();
+        }
+        w.flush().unwrap();
+        drop(w);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(br#"{"seq":3,"timest"#).unwrap(); // the crash cut this write
+        let last = close_after_crash(&path, "lost".into()).unwrap();
+        assert_eq!(last, Some(Timestamp::from_micros(2)));
+        let loc = LogLocator {
+            index: scan_index(&path).unwrap().0,
+            path: path.clone(),
+        };
+        let entries = loc.read(0, 10, 10).unwrap();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[3].seq, 3);
+        assert_eq!(
+            (entries[3].stream, entries[3].message.as_str()),
+            (Stream::System, "lost")
+        );
+        // A run that never started has no log: it gets one with just that entry.
+        let fresh = dir.path().join("q.jsonl");
+        assert_eq!(close_after_crash(&fresh, "lost".into()).unwrap(), None);
+        assert_eq!(scan_index(&fresh).unwrap().1, 1);
     }
 
     #[test]

@@ -642,9 +642,22 @@ fn a_crash_marks_live_runs_failed_and_terminates_their_groups() {
     });
     let saved = read_json(&data.join("runs").join(format!("{run_id}.json")));
     assert_eq!(saved["status"], "failed", "{saved}");
-    // Its log is still readable.
+    // Its log is still readable, and says last what happened to it.
     let logs = server.logs(&run_id);
     assert!(logs.iter().any(|e| e["message"] == "ready"), "{logs:?}");
+    let last = logs.last().unwrap();
+    assert_eq!(last["stream"], "system", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(LOST_RUN_MESSAGE),
+        "{last}"
+    );
+    // It ended after its last output, not when the server came back: the downtime is
+    // not the run's.
+    let ready_at = &logs.iter().find(|e| e["message"] == "ready").unwrap()["timestamp"];
+    assert_eq!(&run["completed_at"], ready_at, "{run}");
 }
 
 #[test]

@@ -39,10 +39,33 @@ pub fn recover(engine: &Engine, dir: &Path, grace: Duration) -> (usize, usize) {
         if !status.status.is_finished() {
             lost += 1;
             terminate_leftovers(&status, grace);
+            let log = dir.join(format!("{}.jsonl", status.run_id));
+            // Said in the run's own log too, so whoever reads it learns why it ends.
+            let note = format!(
+                "{LOST_RUN_MESSAGE}: marked failed when the server started again (what was \
+                 left of process group {} was terminated)",
+                status.pid.map_or("?".to_string(), |p| p.to_string())
+            );
+            // It ended some time after its last output, but when is unknown: the last
+            // output is the latest moment it is known to have been alive (not the restart,
+            // which would count the server's downtime as the run's).
+            let last_seen = match crate::logfile::close_after_crash(&log, note) {
+                Ok(last) => last,
+                Err(e) => {
+                    log::warn!("cannot close the log of {}: {e}", status.run_id);
+                    None
+                }
+            };
             status.status = RunState::Failed;
             status.cancelling = false;
             status.error_message = Some(LOST_RUN_MESSAGE.into());
-            status.completed_at = Some(Timestamp::now());
+            status.completed_at = Some(
+                last_seen
+                    .into_iter()
+                    .chain(status.started_at)
+                    .max()
+                    .unwrap_or_else(Timestamp::now),
+            );
             status.refresh_duration();
             crate::logfile::save_status(&dir.join(format!("{}.json", status.run_id)), &status);
         }
