@@ -158,6 +158,7 @@ pub(crate) fn scan_index(path: &Path) -> io::Result<(Vec<u64>, u64)> {
 /// write the crash cut short) and appends a `system` entry with `message`. Returns when
 /// the last entry before the crash was made, if there was one: the latest time the run was
 /// known to be alive.
+#[cfg(feature = "server")]
 pub(crate) fn close_after_crash(
     path: &Path,
     message: String,
@@ -220,6 +221,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "server")]
     fn a_log_closed_after_a_crash_loses_its_torn_line_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.jsonl");
