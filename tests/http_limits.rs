@@ -236,3 +236,123 @@ fn connections_beyond_the_limit_get_503_and_freed_ones_are_reused() {
     }
     server.shutdown(Duration::from_secs(5));
 }
+
+/// Everything the server sends until it closes, split into responses (each starts with a
+/// status line; the bodies here are JSON, which never holds one).
+fn responses_until_close(stream: &mut TcpStream) -> Vec<(u16, Value)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(e) => panic!(
+                "reading until the server closes: {e} (got {:?})",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let mut starts: Vec<usize> = text.match_indices("HTTP/1.").map(|(i, _)| i).collect();
+    assert_eq!(starts.first(), Some(&0), "not an HTTP response: {text:?}");
+    starts.push(text.len());
+    starts
+        .windows(2)
+        .map(|w| {
+            let response = &text[w[0]..w[1]];
+            let status = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+            let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        })
+        .collect()
+}
+
+#[test]
+fn a_body_with_invalid_or_ambiguous_framing_gets_400_and_the_connection_closes() {
+    let (server, _dir) = start(ServerConfig::default());
+    let addr = server.addr();
+    // Connection: close, so a server that answers it too closes then, not after idling.
+    let smuggled = "GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+    // (framing headers, body): each once read as "no body" or as the wrong length, which
+    // left the rest to be parsed as the next request on the connection.
+    let cases = [
+        ("Content-Length: -1", ""),
+        ("Content-Length: 99999999999999999999999", ""),
+        ("Content-Length: 18446744073709551616", ""),
+        ("Content-Length: +2", "{}"),
+        ("Content-Length: 0x2", "{}"),
+        ("Content-Length: ", ""),
+        ("Content-Length: 2\r\nContent-Length: 3", "{} "),
+        ("Content-Length: 2, 3", "{} "),
+        (
+            "Transfer-Encoding: chunked\r\nContent-Length: 7",
+            "0\r\n\r\n",
+        ),
+        (
+            "Content-Length: 2\r\nTransfer-Encoding: chunked",
+            "2\r\n{}\r\n0\r\n\r\n",
+        ),
+        ("Transfer-Encoding: gzip", ""),
+        ("Transfer-Encoding: chunked, gzip", "0\r\n\r\n"),
+        ("Transfer-Encoding: gzip, chunked", "0\r\n\r\n"),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            "0\r\n\r\n",
+        ),
+    ];
+    for (framing, body) in cases {
+        // One write: the server may close as soon as it has read the head.
+        let request = format!(
+            "POST /api/runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{framing}\r\n\r\n{body}{smuggled}"
+        );
+        let mut stream = connect(addr);
+        stream.write_all(request.as_bytes()).unwrap();
+        let responses = responses_until_close(&mut stream);
+        assert_eq!(
+            responses.len(),
+            1,
+            "{framing:?}: one answer, then closed: {responses:?}"
+        );
+        let response = responses.into_iter().next().unwrap();
+        assert_eq!(response.0, 400, "{framing:?}: {}", response.1);
+        assert_error(response, 400, "BAD_REQUEST");
+    }
+
+    // Valid framing still works, pipelined on one connection: a Content-Length body, a
+    // repeated identical Content-Length, a chunked body, then a request that closes.
+    let body = r#"{"argv":["true"]}"#;
+    let len = body.len();
+    let chunked = format!("{len:x}\r\n{body}\r\n0\r\n\r\n");
+    let mut stream = connect(addr);
+    write!(
+        stream,
+        "POST /api/runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{body}\
+         POST /api/runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}, {len}\r\n\r\n{body}\
+         POST /api/runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}\
+         GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let responses = responses_until_close(&mut stream);
+    let statuses: Vec<u16> = responses.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [202, 202, 202, 200], "{responses:?}");
+    for (_, run) in &responses[..3] {
+        assert!(run["run_id"].is_string(), "{run}");
+    }
+
+    // And on a fresh connection, as the bug report's client would send it.
+    let mut stream = connect(addr);
+    write!(
+        stream,
+        "POST /api/runs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{body}"
+    )
+    .unwrap();
+    let (status, run) = response_until_close(&mut stream);
+    assert_eq!(status, 202, "{run}");
+    server.shutdown(Duration::from_secs(5));
+}

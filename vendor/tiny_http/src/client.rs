@@ -62,6 +62,8 @@ enum ReadError {
     NotAscii,
     /// runstream patch: nothing arrived and nothing was being answered for the idle timeout
     Idle,
+    /// runstream patch: invalid or ambiguous body framing (400, then the connection closes)
+    BadFraming(HTTPVersion, &'static str),
 }
 
 impl ClientConnection {
@@ -240,6 +242,9 @@ impl ClientConnection {
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
+                request::RequestCreationError::BadFraming(reason) => {
+                    ReadError::BadFraming(version, reason)
+                }
             }
         })?;
 
@@ -317,6 +322,15 @@ impl Iterator for ClientConnection {
                 }
 
                 Err(ReadError::Idle) => return None,
+
+                Err(ReadError::BadFraming(ver, reason)) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = self.limits.error_response(400, reason);
+                    response.raw_print(writer, ver, &[], false, None).ok();
+                    // where this request's body ends, and so the next request starts, is
+                    // unknown: reading on would parse the body as a request (smuggling)
+                    return None;
+                }
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();

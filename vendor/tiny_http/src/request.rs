@@ -3,7 +3,6 @@ use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
@@ -108,6 +107,11 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// runstream patch: the body's framing (`Content-Length`, `Transfer-Encoding`) is
+    /// invalid or ambiguous, so where the next request starts is unknown (RFC 9112 §6.3).
+    /// The connection must be answered 400 and closed.
+    BadFraming(&'static str),
 }
 
 impl From<IoError> for RequestCreationError {
@@ -140,23 +144,12 @@ where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
+    // runstream patch: upstream took the first `Content-Length` that parsed as a number and
+    // ignored the rest, treated an unparsable one (`-1`, an overflow) as absent (no body) and
+    // applied chunked for any `Transfer-Encoding`: the body was then read as the next
+    // request on the connection (request smuggling). The framing is now checked as RFC 9112
+    // §6.3 says and any doubt about it is an error that closes the connection.
+    let (transfer_encoding, content_length) = body_framing(&version, &headers)?;
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -215,9 +208,8 @@ where
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
+    } else if transfer_encoding {
+        // the only transfer-encoding accepted is `chunked` alone (see `body_framing`)
         Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
@@ -497,6 +489,70 @@ impl Drop for Request {
     }
 }
 
+/// runstream patch: how the body of a request is framed (RFC 9112 §6.3). Returns whether
+/// it is chunked and its `Content-Length`, or an error when the framing is invalid or
+/// ambiguous:
+///
+/// - `Transfer-Encoding` together with `Content-Length` (the classic smuggling vector),
+///   or in an HTTP/1.0 request;
+/// - a `Transfer-Encoding` other than exactly `chunked` (chunked not last: the length
+///   cannot be known; another coding before it: not implemented here);
+/// - a `Content-Length` that is not a plain decimal number fitting in 64 bits (`-1`, `+5`,
+///   `0x10`, empty, too many digits), or several values (repeated headers or a comma list)
+///   that differ. Identical repeated values are accepted, as the RFC allows.
+fn body_framing(
+    version: &HTTPVersion,
+    headers: &[Header],
+) -> Result<(bool, Option<usize>), RequestCreationError> {
+    let bad = |reason| Err(RequestCreationError::BadFraming(reason));
+
+    let has_transfer_encoding = headers.iter().any(|h| h.field.equiv("Transfer-Encoding"));
+    let codings: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"))
+        .flat_map(|h| h.value.as_str().split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+
+    let mut content_length: Option<u64> = None;
+    let mut has_content_length = false;
+    for header in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        has_content_length = true;
+        for value in header.value.as_str().split(',').map(str::trim) {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return bad("invalid Content-Length");
+            }
+            let Ok(value) = value.parse::<u64>() else {
+                return bad("invalid Content-Length");
+            };
+            match content_length {
+                Some(seen) if seen != value => return bad("conflicting Content-Length values"),
+                _ => content_length = Some(value),
+            }
+        }
+    }
+
+    if has_transfer_encoding {
+        if has_content_length {
+            return bad("both Transfer-Encoding and Content-Length");
+        }
+        if *version < HTTPVersion(1, 1) {
+            return bad("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        if !matches!(codings[..], [coding] if coding.eq_ignore_ascii_case("chunked")) {
+            return bad("unsupported Transfer-Encoding (only chunked is accepted)");
+        }
+        return Ok((true, None));
+    }
+
+    match content_length.map(std::convert::TryFrom::try_from) {
+        None => Ok((false, None)),
+        Some(Ok(length)) => Ok((false, Some(length))),
+        Some(Err(_)) => bad("invalid Content-Length"),
+    }
+}
+
 /// Dummy trait that regroups the `Read` and `Write` traits.
 ///
 /// Automatically implemented on all types that implement both `Read` and `Write`.
@@ -514,5 +570,72 @@ mod tests {
         fn bar(rq: &Request) {
             f(rq);
         }
+    }
+
+    /// runstream patch: `body_framing` (RFC 9112 §6.3).
+    #[test]
+    fn body_framing() {
+        use crate::{HTTPVersion, Header};
+        let framing = |version: (u8, u8), headers: &[&str]| {
+            let headers: Vec<Header> = headers.iter().map(|h| h.parse().unwrap()).collect();
+            super::body_framing(&HTTPVersion::from(version), &headers).map_err(|e| format!("{e:?}"))
+        };
+        let v11 = (1, 1);
+
+        assert_eq!(framing(v11, &[]), Ok((false, None)));
+        assert_eq!(framing(v11, &["Content-Length: 0"]), Ok((false, Some(0))));
+        assert_eq!(framing(v11, &["Content-Length: 17"]), Ok((false, Some(17))));
+        assert_eq!(
+            framing(v11, &["Content-Length: 5", "content-length: 5"]),
+            Ok((false, Some(5)))
+        );
+        assert_eq!(
+            framing(v11, &["Content-Length: 5, 5"]),
+            Ok((false, Some(5)))
+        );
+        assert_eq!(
+            framing(v11, &["Content-Length: 18446744073709551615"]),
+            Ok((false, Some(usize::MAX)))
+        );
+        assert_eq!(
+            framing(v11, &["Transfer-Encoding: chunked"]),
+            Ok((true, None))
+        );
+        assert_eq!(
+            framing(v11, &["Transfer-Encoding: Chunked"]),
+            Ok((true, None))
+        );
+
+        for bad in [
+            &["Content-Length: -1"][..],
+            &["Content-Length: +5"],
+            &["Content-Length: 0x10"],
+            &["Content-Length: 1.0"],
+            &["Content-Length: 1 2"],
+            &["Content-Length: ,"],
+            &["Content-Length: 18446744073709551616"],
+            &["Content-Length: 99999999999999999999999"],
+            &["Content-Length: 5", "Content-Length: 6"],
+            &["Content-Length: 5, 6"],
+            &["Content-Length: 5,"],
+            &["Transfer-Encoding: chunked", "Content-Length: 5"],
+            &["Content-Length: 0", "Transfer-Encoding: chunked"],
+            &["Transfer-Encoding: gzip"],
+            &["Transfer-Encoding: chunked, gzip"],
+            &["Transfer-Encoding: gzip, chunked"],
+            &["Transfer-Encoding: chunked, chunked"],
+            &["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
+            &["Transfer-Encoding: identity"],
+            &["Transfer-Encoding: xchunked"],
+        ] {
+            let got = framing(v11, bad);
+            assert!(
+                got.as_ref().is_err_and(|e| e.starts_with("BadFraming")),
+                "{:?}: {:?}",
+                bad,
+                got
+            );
+        }
+        assert!(framing((1, 0), &["Transfer-Encoding: chunked"]).is_err());
     }
 }
