@@ -113,6 +113,8 @@ struct CaptureState {
     max_entries: usize,
     max_bytes: usize,
     log: Option<LogLocator>,
+    /// Whether the log holds every entry (false once it reached its size limit).
+    log_complete: bool,
     current: RunStatus,
     /// Announced status changes with the seq they happened before, in order.
     transitions: Vec<(u64, RunStatus)>,
@@ -151,6 +153,7 @@ impl OutputCapture {
                 max_entries: max_entries.max(1),
                 max_bytes,
                 log: None,
+                log_complete: true,
                 transitions: vec![(0, status.clone())],
                 current: status,
                 finished: false,
@@ -258,7 +261,7 @@ impl OutputCapture {
         }
         s.transitions.push((at, snapshot));
         s.finished = true;
-        if s.log.is_some() {
+        if s.log.is_some() && s.log_complete {
             // The whole output is in the log file: give the ring back. A server keeps many
             // finished runs; their readers find every entry in the file (through the
             // shared block cache).
@@ -267,6 +270,17 @@ impl OutputCapture {
         }
         drop(s);
         self.changed.notify_all();
+    }
+
+    /// The log file will get no more entries (it reached its size limit): entries after
+    /// it live in the ring only, so the ring is kept when the run finishes.
+    pub(crate) fn log_stops_growing(&self) {
+        self.lock().log_complete = false;
+    }
+
+    /// Most entries the ring keeps.
+    pub(crate) fn max_entries(&self) -> usize {
+        self.lock().max_entries
     }
 
     /// The log file failed: stop reading evicted entries back from it (readers that fall

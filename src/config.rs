@@ -27,6 +27,11 @@ pub struct EngineConfig {
     /// start from any seq and lose nothing; without it, evicted entries are gone.
     /// Defaults to `None`.
     pub log_dir: Option<PathBuf>,
+    /// Most bytes of one run's log file. A run that reaches it goes on, and the log ends
+    /// with a warning entry: later output is kept only in the memory ring, so one chatty
+    /// run cannot fill the disk. `None`: no limit. Defaults to 1 GiB (about five million
+    /// short lines).
+    pub max_log_bytes: Option<u64>,
     /// Most entries kept in memory per run. Defaults to 10 000.
     pub ring_max_entries: usize,
     /// Most bytes kept in memory per run. Defaults to 16 MiB.
@@ -56,6 +61,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_concurrent: std::thread::available_parallelism().map_or(1, |n| n.get()),
             log_dir: None,
+            max_log_bytes: Some(1 << 30),
             ring_max_entries: 10_000,
             ring_max_bytes: 16 * 1024 * 1024,
             max_line_bytes: 64 * 1024,
@@ -77,6 +83,7 @@ mod tests {
         let c = EngineConfig::default();
         assert!(c.max_concurrent >= 1);
         assert_eq!(c.log_dir, None);
+        assert_eq!(c.max_log_bytes, Some(1 << 30));
         assert_eq!(c.ring_max_entries, 10_000);
         assert_eq!(c.ring_max_bytes, 16 << 20);
         assert_eq!(c.max_line_bytes, 64 << 10);

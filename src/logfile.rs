@@ -65,6 +65,11 @@ impl LogWriter {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.written
+    }
 }
 
 /// Where a run's log lives and its sparse index: enough to read entries back.

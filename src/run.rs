@@ -206,6 +206,8 @@ struct Output {
     run_id: String,
     capture: Arc<OutputCapture>,
     log: Option<LogWriter>,
+    /// `EngineConfig::max_log_bytes`.
+    max_log_bytes: Option<u64>,
     next_seq: u64,
     batch: Vec<Entry>,
     batch_bytes: usize,
@@ -222,6 +224,7 @@ impl Output {
             run_id: ctx.run_id.clone(),
             capture: Arc::clone(&ctx.capture),
             log,
+            max_log_bytes: ctx.config.max_log_bytes,
             next_seq: 0,
             batch: Vec::new(),
             batch_bytes: 0,
@@ -308,6 +311,31 @@ impl Output {
             self.capture
                 .update_status(false, |s| s.progress_percent = Some(p));
         }
+        let full = self
+            .log
+            .as_ref()
+            .zip(self.max_log_bytes)
+            .is_some_and(|(log, max)| log.len() >= max);
+        if full {
+            self.end_full_log();
+        }
+    }
+
+    /// The log reached `max_log_bytes`: it ends with a warning entry and grows no more;
+    /// later output lives in the ring only (readers that fall behind it get a `Gap`).
+    fn end_full_log(&mut self) {
+        let max = self.max_log_bytes.take().unwrap_or_default();
+        self.capture.log_stops_growing();
+        // Goes to the log (still open) and the ring, as its last entry.
+        self.system(
+            Level::Warning,
+            format!(
+                "the run's log reached its limit of {max} bytes: later output is kept only in \
+                 memory (the last {} lines)",
+                self.capture.max_entries()
+            ),
+        );
+        self.log = None;
     }
 
     /// The last stderr lines, at most `ERROR_MESSAGE_CHARS` characters, newest kept.

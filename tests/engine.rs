@@ -262,6 +262,69 @@ fn the_ring_is_bounded_and_a_late_subscriber_gets_a_gap_without_a_log() {
 }
 
 #[test]
+fn a_log_that_reaches_its_limit_ends_with_a_warning_and_the_ring_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::new(EngineConfig {
+        ring_max_entries: 1000,
+        log_dir: Some(dir.path().to_path_buf()),
+        max_log_bytes: Some(200_000),
+        ..EngineConfig::default()
+    });
+    // Lines come in batches of at most 1 MiB, and the limit is checked after each: a
+    // burst of 2 MiB of lines makes sure the limit is passed within the run.
+    let run = engine
+        .submit(sh(
+            "yes 0123456789012345678901234567890123456789 | head -n 50000",
+        ))
+        .unwrap();
+    let status = run.wait();
+    assert_eq!(status.status, RunState::Completed);
+    let log = dir.path().join(format!("{}.jsonl", run.id()));
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        (200_000..200_000 + (1 << 20) + 1000).contains(&size),
+        "{size}"
+    );
+    let last_logged = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(
+        last_logged.contains("reached its limit of 200000 bytes"),
+        "{last_logged}"
+    );
+
+    // From the start: what the log holds, a gap, then the ring (kept after the end, since
+    // the log does not hold it).
+    let mut logged = 0;
+    let mut gap = None;
+    let mut tail = Vec::new();
+    for event in run.subscribe(From::Start) {
+        match event {
+            Event::Entry(e) if gap.is_none() => {
+                assert_eq!(e.seq, logged);
+                logged += 1;
+            }
+            Event::Entry(e) => tail.push(e),
+            Event::Gap { from_seq, to_seq } => gap = Some((from_seq, to_seq)),
+            _ => {}
+        }
+    }
+    let (from, to) = gap.expect("a gap between the log and the ring");
+    assert_eq!(from, logged);
+    assert_eq!(tail.len(), 1000);
+    assert_eq!(tail[0].seq, to + 1);
+    assert_eq!(tail.last().unwrap().message, "exited with code 0");
+    assert_eq!(
+        tail.last().unwrap().seq,
+        50_001,
+        "50 000 lines, the warning, the exit"
+    );
+}
+
+#[test]
 fn with_a_log_dir_a_late_subscriber_gets_every_entry_from_zero() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine_with_log(dir.path(), 1000);

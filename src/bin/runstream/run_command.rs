@@ -51,6 +51,8 @@ pub fn run(args: RunArgs) -> i32 {
     let engine = Engine::new(EngineConfig {
         max_concurrent: 1,
         log_dir,
+        // The log is how a slow reader of our stdout loses nothing: it must hold it all.
+        max_log_bytes: None,
         ..EngineConfig::default()
     });
     let mut spec = RunSpec::new(args.program).args(args.args);

@@ -26,6 +26,8 @@ usage: runstream serve [OPTIONS]
   --max-sse-clients N    open streams at most (default 512)
   --max-connections N    open connections at most, streams included (default 1024);
                          more are answered 503
+  --max-log-size SIZE    a run's log file at most (e.g. 500M, 2G; 0 = no limit;
+                         default 1G): beyond it the output is kept in memory only
 ";
 
 struct ServeArgs {
@@ -78,6 +80,9 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
             }
             "--max-sse-clients" => server.max_sse_clients = number(value()?)?,
             "--max-connections" => server.max_connections = number(value()?)?.max(1),
+            "--max-log-size" => {
+                engine.max_log_bytes = Some(parse_size(&value()?)?).filter(|&n| n > 0)
+            }
             "-h" | "--help" => return Err(String::new()),
             _ => return Err(format!("unknown option {name}")),
         }
@@ -89,6 +94,23 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
         modules,
         data_dir,
     })
+}
+
+/// `1234`, `500K`, `500M`, `2G`, `1T` (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("--max-log-size takes a size like 500M or 2G, got {text:?}");
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
 /// Serves until a signal; returns the exit status.
@@ -191,6 +213,24 @@ fn raise_open_file_limit() {
         limit.rlim_cur = wanted;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
             log::debug!("open file limit raised from {before} to {wanted}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("3KB"), Ok(3 << 10));
+        for bad in ["", "M", "1X", "-1G", "1.5G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 }
