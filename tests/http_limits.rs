@@ -64,7 +64,7 @@ fn response_until_close(stream: &mut TcpStream) -> (u16, Value) {
 fn health(addr: SocketAddr) -> u16 {
     let mut stream = connect(addr);
     stream
-        .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     response_until_close(&mut stream).0
 }
@@ -108,7 +108,7 @@ fn oversized_or_malformed_request_heads_get_a_json_error_and_are_not_buffered() 
 
     let mut stream = connect(addr);
     stream
-        .write_all("GET /api/modules/ünïcode HTTP/1.1\r\nHost: x\r\n\r\n".as_bytes())
+        .write_all("GET /api/modules/ünïcode HTTP/1.1\r\nHost: localhost\r\n\r\n".as_bytes())
         .unwrap();
     assert_error(response_until_close(&mut stream), 400, "BAD_REQUEST");
 
@@ -152,7 +152,7 @@ fn slow_headers_get_408_and_idle_connections_are_closed() {
 
     // So is a keep-alive connection after its answer, once it stays idle.
     let mut kept = connect(addr);
-    kept.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept.write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let (status, body) = response_until_close(&mut kept);
     assert_eq!((status, &body["status"]), (200, &Value::from("healthy")));
@@ -174,7 +174,7 @@ fn a_stream_is_not_cut_by_the_idle_timeout() {
     let mut stream = connect(server.addr());
     write!(
         stream,
-        "POST /api/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/runs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -213,7 +213,7 @@ fn connections_beyond_the_limit_get_503_and_freed_ones_are_reused() {
     // The kernel hands connections to the server in the order they came.
     let held: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
     let mut over = connect(addr);
-    over.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    over.write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert_error(
         response_until_close(&mut over),
@@ -226,7 +226,7 @@ fn connections_beyond_the_limit_get_503_and_freed_ones_are_reused() {
     loop {
         let mut stream = connect(addr);
         stream
-            .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .unwrap();
         if response_until_close(&mut stream).0 == 200 {
             break;
