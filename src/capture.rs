@@ -113,8 +113,9 @@ struct CaptureState {
     max_entries: usize,
     max_bytes: usize,
     log: Option<LogLocator>,
-    /// Whether the log holds every entry (false once it reached its size limit).
-    log_complete: bool,
+    /// `Some(n)`: the log holds entries `0..n` only (it reached its size limit); later
+    /// ones are in the ring or lost. `None`: it holds every entry.
+    log_end: Option<u64>,
     current: RunStatus,
     /// Announced status changes with the seq they happened before, in order.
     transitions: Vec<(u64, RunStatus)>,
@@ -153,7 +154,7 @@ impl OutputCapture {
                 max_entries: max_entries.max(1),
                 max_bytes,
                 log: None,
-                log_complete: true,
+                log_end: None,
                 transitions: vec![(0, status.clone())],
                 current: status,
                 finished: false,
@@ -165,13 +166,16 @@ impl OutputCapture {
         }
     }
 
-    /// A finished run's capture whose entries all live in its log file (a run loaded
-    /// again after a restart): nothing of it is held in memory.
+    /// A finished run's capture whose entries live in its log file (a run loaded again
+    /// after a restart): nothing of it is held in memory. Entries the run made beyond
+    /// its log (which reached its size limit) are reported as a gap.
     pub(crate) fn from_log(status: RunStatus, log: LogLocator, entries: u64) -> OutputCapture {
+        let total = status.total_entries.unwrap_or(entries).max(entries);
         let capture = OutputCapture::new(status, 1, 0, None);
         {
             let mut s = capture.lock();
-            s.next_seq = entries;
+            s.next_seq = total;
+            s.log_end = (total > entries).then_some(entries);
             s.log = Some(log);
             s.finished = true;
         }
@@ -253,6 +257,7 @@ impl OutputCapture {
         let mut s = self.lock();
         change(&mut s.current);
         s.current.refresh_duration();
+        s.current.total_entries = Some(s.next_seq);
         let at = s.next_seq;
         let snapshot = s.current.clone();
         // Saved before anyone is told, so a finished run is finished on disk too.
@@ -261,7 +266,7 @@ impl OutputCapture {
         }
         s.transitions.push((at, snapshot));
         s.finished = true;
-        if s.log.is_some() && s.log_complete {
+        if s.log.is_some() && s.log_end.is_none() {
             // The whole output is in the log file: give the ring back. A server keeps many
             // finished runs; their readers find every entry in the file (through the
             // shared block cache).
@@ -273,9 +278,11 @@ impl OutputCapture {
     }
 
     /// The log file will get no more entries (it reached its size limit): entries after
-    /// it live in the ring only, so the ring is kept when the run finishes.
+    /// those captured so far live in the ring only, so the ring is kept when the run
+    /// finishes.
     pub(crate) fn log_stops_growing(&self) {
-        self.lock().log_complete = false;
+        let mut s = self.lock();
+        s.log_end = Some(s.next_seq);
     }
 
     /// Most entries the ring keeps.
@@ -336,20 +343,21 @@ impl OutputCapture {
     }
 
     /// Reads up to `max` entries from `from_seq` on, from memory or (for evicted ones) the
-    /// log. Returns the entries and the seq after the last captured entry. When entries
-    /// were evicted and no log has them, the result starts at the oldest retained entry.
+    /// log. Returns the entries and the seq after the last captured entry. Entries that
+    /// were evicted and that no log has are skipped: the seqs jump.
     pub fn read(&self, from_seq: u64, max: usize) -> (Vec<Arc<Entry>>, u64) {
         let s = self.lock();
         let next_seq = s.next_seq;
         let first = s.first_seq();
         if from_seq < first {
             if let Some(log) = s.log.clone() {
+                let on_disk = s.log_end.map_or(first, |end| end.min(first));
                 drop(s);
                 let mut out = Vec::new();
                 let mut cursor = from_seq;
-                while cursor < first && out.len() < max {
-                    let to = first.min(cursor + (max - out.len()) as u64);
-                    match self.read_back(&log, cursor, to, first) {
+                while cursor < on_disk && out.len() < max {
+                    let to = on_disk.min(cursor + (max - out.len()) as u64);
+                    match self.read_back(&log, cursor, to, on_disk) {
                         Ok(got) if !got.is_empty() => {
                             cursor += got.len() as u64;
                             out.extend(got);
@@ -556,10 +564,12 @@ impl Subscription {
             if self.cursor < s.next_seq {
                 if self.cursor < first {
                     let from_seq = self.cursor;
-                    if let Some(log) = s.log.clone() {
+                    // What the log holds of the entries the ring no longer has.
+                    let on_disk = s.log_end.map_or(first, |end| end.min(first));
+                    if let Some(log) = s.log.clone().filter(|_| from_seq < on_disk) {
                         drop(s);
-                        let to = first.min(entry_limit);
-                        match self.capture.read_back(&log, from_seq, to, first) {
+                        let to = on_disk.min(entry_limit);
+                        match self.capture.read_back(&log, from_seq, to, on_disk) {
                             Ok(got) if !got.is_empty() => {
                                 self.cursor += got.len() as u64;
                                 return Next::Entries(got);

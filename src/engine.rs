@@ -153,6 +153,7 @@ impl Engine {
             waiting_for,
             progress_percent: None,
             process_start_time: None,
+            total_entries: None,
             gpu_memory_bytes: None,
             gpu_memory_peak_bytes: None,
             gpu_memory_mb: spec.gpu_memory_mb,

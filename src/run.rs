@@ -325,16 +325,15 @@ impl Output {
     /// later output lives in the ring only (readers that fall behind it get a `Gap`).
     fn end_full_log(&mut self) {
         let max = self.max_log_bytes.take().unwrap_or_default();
-        self.capture.log_stops_growing();
-        // Goes to the log (still open) and the ring, as its last entry.
-        self.system(
-            Level::Warning,
-            format!(
-                "the run's log reached its limit of {max} bytes: later output is kept only in \
-                 memory (the last {} lines)",
-                self.capture.max_entries()
-            ),
+        let message = format!(
+            "the run's log reached its limit of {max} bytes (max_log_bytes, runstream serve \
+             --max-log-size): later output is kept only in memory (the last {} lines)",
+            self.capture.max_entries()
         );
+        log::warn!("{}: {message}", self.run_id);
+        // The log's last entry (it is still open); then it holds exactly what came so far.
+        self.system(Level::Warning, message);
+        self.capture.log_stops_growing();
         self.log = None;
     }
 

@@ -114,6 +114,10 @@ pub struct RunStatus {
     /// Labels from the `RunSpec`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// How many entries the run made, once it is finished (`None` before). The log file
+    /// may hold fewer, when it reached `EngineConfig::max_log_bytes`.
+    #[serde(default)]
+    pub total_entries: Option<u64>,
 }
 
 impl RunStatus {

@@ -313,7 +313,10 @@ fn a_log_that_reaches_its_limit_ends_with_a_warning_and_the_ring_keeps_the_rest(
         }
     }
     let (from, to) = gap.expect("a gap between the log and the ring");
-    assert_eq!(from, logged);
+    assert_eq!(
+        from, logged,
+        "everything in the log came first, the warning last"
+    );
     assert_eq!(tail.len(), 1000);
     assert_eq!(tail[0].seq, to + 1);
     assert_eq!(tail.last().unwrap().message, "exited with code 0");
@@ -321,6 +324,27 @@ fn a_log_that_reaches_its_limit_ends_with_a_warning_and_the_ring_keeps_the_rest(
         tail.last().unwrap().seq,
         50_001,
         "50 000 lines, the warning, the exit"
+    );
+    let on_disk = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+    assert_eq!(logged, on_disk);
+
+    // Loaded again (a server restart): the log, then a gap for what only memory had.
+    let again = Engine::new(EngineConfig::default());
+    let status = run.status();
+    assert_eq!(status.total_entries, Some(50_002));
+    let reloaded = again.adopt_finished(status, &log).unwrap();
+    let events: Vec<_> = reloaded.subscribe(From::Start).collect();
+    let entries = events
+        .iter()
+        .filter(|e| matches!(e, Event::Entry(_)))
+        .count() as u64;
+    assert_eq!(entries, on_disk);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Gap { from_seq, to_seq: 50_001 } if *from_seq == on_disk)),
+        "{:?}",
+        &events[events.len() - 3..]
     );
 }
 

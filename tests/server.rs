@@ -665,15 +665,23 @@ fn tokens_guard_the_api_and_cors_is_opt_in() {
         resp.header("Access-Control-Allow-Origin"),
         Some("http://app.example")
     );
+    // With a token, the token decides (a forging page cannot know it; a proxy may rewrite
+    // Host but not Origin); the browser still gets no CORS grant for a foreign origin.
+    let resp = ureq::get(&format!("{}/api/health?token=s3cret", s.base))
+        .set("Origin", "http://evil.example")
+        .set("Host", "runs.example")
+        .call()
+        .unwrap();
+    assert_eq!(resp.header("Access-Control-Allow-Origin"), None);
     assert_error(
         s.call_with(
-            "GET",
-            "/api/health?token=s3cret",
+            "POST",
+            "/api/modules/wait/run",
             None,
             &[("Origin", "http://evil.example")],
         ),
-        403,
-        "FORBIDDEN",
+        401,
+        "UNAUTHORIZED",
     );
     let preflight = ureq::request("OPTIONS", &format!("{}/api/runs", s.base))
         .set("Origin", "http://app.example")
@@ -870,6 +878,47 @@ fn a_finished_stream_leaves_the_connection_as_http_says() {
     reader.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("retry:"), "{body:?}");
     assert!(body.contains("event: complete"), "{body:?}");
+}
+
+#[test]
+fn past_the_log_limit_the_download_and_the_stream_say_what_was_not_kept() {
+    let s = start_with(
+        EngineConfig {
+            ring_max_entries: 1000,
+            max_log_bytes: Some(20_000),
+            ..EngineConfig::default()
+        },
+        ServerConfig::default(),
+    );
+    let id = s.start_module("lines", json!({"count": 20000}));
+    s.wait_finished(&id);
+    let text = ureq::get(&format!("{}/api/runs/{id}/logs/download", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let warning = lines
+        .iter()
+        .position(|l| l.contains("reached its limit of 20000 bytes"))
+        .expect("the warning is downloaded");
+    assert!(
+        lines[warning + 1].starts_with("[runstream] entries "),
+        "{}",
+        lines[warning + 1]
+    );
+    assert!(lines.last().unwrap().ends_with("exited with code 0"));
+    assert_eq!(lines.len() - warning - 2, 1000, "then the ring's last 1000");
+
+    let mut sse = s.sse(&id, "", &[]);
+    let events = sse.rest();
+    let gap = events.iter().position(|e| e.event == "gap").expect("a gap");
+    assert_eq!(
+        events[gap - 1].json()["stream"],
+        "system",
+        "the warning, just before"
+    );
+    assert_eq!(events.last().unwrap().event, "complete");
 }
 
 #[test]

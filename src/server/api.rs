@@ -91,9 +91,11 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
     }
     let protected = matches!(segments.first(), Some(&"api") | Some(&"metrics"));
     if protected {
-        same_origin::check(request, &state.config)?;
-        if let Some(token) = &state.config.token {
-            check_token(request, token)?;
+        match &state.config.token {
+            // A page on another site cannot know the token, so a request that carries it
+            // was not forged, whatever its Origin (a proxy may rewrite Host and not Origin).
+            Some(token) => check_token(request, token)?,
+            None => same_origin::check(request, &state.config)?,
         }
     }
     use Method::{Delete, Get, Post};
@@ -573,12 +575,25 @@ fn download(run: RunHandle, request: Request, cors: &[(&'static str, String)]) {
         let capture = run.capture();
         let mut cursor = 0;
         let mut text = String::new();
+        let lost = |from: u64, to: u64| {
+            format!("[runstream] entries {from} to {to} were not kept (evicted from memory, not in the log)\n")
+        };
         loop {
-            let (batch, _) = capture.read(cursor, 4096);
-            let Some(last) = batch.last() else { break };
-            cursor = last.seq + 1;
+            let (batch, next_seq) = capture.read(cursor, 4096);
+            if batch.is_empty() {
+                if cursor < next_seq {
+                    out.chunk(lost(cursor, next_seq - 1).as_bytes())?;
+                }
+                break;
+            }
             text.clear();
             for e in &batch {
+                // Seqs jump where entries were lost (evicted from memory, not in the log):
+                // say so where it happened rather than hand out a file that looks whole.
+                if e.seq > cursor {
+                    text.push_str(&lost(cursor, e.seq - 1));
+                }
+                cursor = e.seq + 1;
                 let stream = match e.stream {
                     Stream::Stdout => "stdout",
                     Stream::Stderr => "stderr",

@@ -3,11 +3,14 @@
 //! A page the user visits can send a "simple" POST (form or `text/plain` body) to
 //! `http://127.0.0.1:8787` without asking first, and with `--allow-commands` that starts
 //! any command. A page on a domain that re-resolves to 127.0.0.1 (DNS rebinding) can even
-//! read the answers, since to the browser they are same-origin. So, like Jupyter:
+//! read the answers, since to the browser they are same-origin. So, like Jupyter, a
+//! server without a token refuses
 //! - a request whose `Origin` is neither this server (as named by `Host`) nor the
-//!   `--cors-origin` is refused;
-//! - without a token, a request whose `Host` is not a loopback name is refused (with a
-//!   token, a rebinding page cannot authenticate anyway, and proxies may use any name).
+//!   `--cors-origin`;
+//! - a request whose `Host` is not a loopback name.
+//!
+//! With a token these checks are not needed (a forging page cannot know the token) and
+//! would get in the way of reverse proxies, which may rewrite `Host`.
 
 use std::net::IpAddr;
 
@@ -16,20 +19,18 @@ use tiny_http::Request;
 use super::http::{request_header, ApiError};
 use super::ServerConfig;
 
-/// Checks `Host` and `Origin` of a request to the API.
+/// Checks `Host` and `Origin` of a request to the API of a server without a token.
 pub fn check(request: &Request, config: &ServerConfig) -> Result<(), ApiError> {
     let host = request_header(request, "Host");
-    if config.token.is_none() {
-        if let Some(host) = host.filter(|h| !is_loopback_host(h)) {
-            return Err(ApiError::new(
-                403,
-                "FORBIDDEN",
-                format!(
-                    "Host {host:?} is not a loopback name: without --token the server answers \
+    if let Some(host) = host.filter(|h| !is_loopback_host(h)) {
+        return Err(ApiError::new(
+            403,
+            "FORBIDDEN",
+            format!(
+                "Host {host:?} is not a loopback name: without --token the server answers \
                      only to localhost, 127.0.0.1 or [::1] (a defence against DNS rebinding)"
-                ),
-            ));
-        }
+            ),
+        ));
     }
     let Some(origin) = request_header(request, "Origin") else {
         return Ok(()); // not from a browser's cross-origin request
