@@ -13,7 +13,8 @@ use crate::stop_requests;
 
 pub const USAGE: &str = "\
 usage: runstream serve [OPTIONS]
-  --bind ADDR            address to listen on (default 127.0.0.1:8787; port 0 picks one)
+  --bind ADDR            IP:PORT or NAME:PORT to listen on (default 127.0.0.1:8787;
+                         port 0 picks one)
   --modules FILE         module catalogue (JSON)
   --data-dir DIR         runs and their logs (default ./runstream-data)
   --token TOKEN          require Authorization: Bearer TOKEN (or RUNSTREAM_TOKEN);
@@ -62,17 +63,12 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
                 .map_err(|_| format!("{name} takes a number, got {v:?}"))
         };
         match name.as_str() {
-            "--bind" => {
-                let v = value()?;
-                server.bind = v
-                    .parse()
-                    .map_err(|_| format!("--bind takes IP:PORT, got {v:?}"))?;
-            }
+            "--bind" => server.bind = parse_bind(&value()?)?,
             "--modules" => modules = Some(PathBuf::from(value()?)),
             "--data-dir" => data_dir = PathBuf::from(value()?),
             "--token" => server.token = Some(value()?).filter(|t| !t.is_empty()),
             "--allow-commands" => server.allow_commands = true,
-            "--cors-origin" => server.cors_origin = Some(value()?),
+            "--cors-origin" => server.cors_origin = Some(parse_origin(&value()?)?),
             "--max-concurrent" => engine.max_concurrent = number(value()?)?.max(1),
             "--grace" => engine.default_grace = parse_duration(&value()?)?,
             "--keep-alive" => {
@@ -94,6 +90,45 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
         modules,
         data_dir,
     })
+}
+
+/// `IP:PORT`, or `NAME:PORT` resolved now (IPv4 preferred: `localhost` then serves
+/// `http://127.0.0.1:PORT` as well as `http://localhost:PORT`).
+fn parse_bind(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let bad = |why: String| format!("--bind takes IP:PORT or NAME:PORT, got {text:?}{why}");
+    let addrs: Vec<_> = text
+        .to_socket_addrs()
+        .map_err(|e| bad(format!(": {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| bad(": the name has no address".into()))
+}
+
+/// `*`, or an origin as browsers send it: `scheme://host[:port]`, no path (a trailing `/`
+/// is dropped: it would never match).
+fn parse_origin(text: &str) -> Result<String, String> {
+    let origin = text.trim().trim_end_matches('/');
+    if origin == "*" {
+        return Ok(origin.to_string());
+    }
+    let valid = origin.split_once("://").is_some_and(|(scheme, rest)| {
+        matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+    });
+    if valid {
+        Ok(origin.to_string())
+    } else {
+        Err(format!(
+            "--cors-origin takes * or an origin like https://app.example:3000, got {text:?}"
+        ))
+    }
 }
 
 /// `1234`, `500K`, `500M`, `2G`, `1T` (powers of 1024).
@@ -153,6 +188,8 @@ pub fn run(options: Vec<String>) -> i32 {
     };
     #[cfg(unix)]
     raise_open_file_limit();
+    let open_to_any_site =
+        args.server.cors_origin.as_deref() == Some("*") && args.server.token.is_none();
     let engine = Arc::new(Engine::new(args.engine));
     let server = match Server::start(Arc::clone(&engine), catalogue, args.server) {
         Ok(s) => Arc::new(s),
@@ -164,6 +201,12 @@ pub fn run(options: Vec<String>) -> i32 {
     println!("listening on http://{}", server.addr());
     let _ = std::io::stdout().flush();
     log::info!("data in {}", args.data_dir.display());
+    if open_to_any_site {
+        log::warn!(
+            "--cors-origin * without --token: any web site a visitor of this machine opens \
+             can use this API through their browser"
+        );
+    }
 
     if signal_rx.recv().is_err() {
         return 1;
@@ -219,7 +262,25 @@ fn raise_open_file_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_bind, parse_origin, parse_size};
+
+    #[test]
+    fn binds_take_names_and_origins_are_normalised() {
+        assert_eq!(
+            parse_bind("localhost:8787").unwrap(),
+            "127.0.0.1:8787".parse().unwrap()
+        );
+        assert_eq!(parse_bind("[::1]:1").unwrap(), "[::1]:1".parse().unwrap());
+        assert!(parse_bind("localhost").is_err(), "a port is needed");
+        assert_eq!(
+            parse_origin("http://app.example:3000/").unwrap(),
+            "http://app.example:3000"
+        );
+        assert_eq!(parse_origin("*").unwrap(), "*");
+        for bad in ["app.example", "ftp://x", "https://x/path", "https://"] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_take_binary_suffixes() {
