@@ -20,7 +20,12 @@ use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
 /// each run has one thread that owns its state, plus one reader thread per pipe and one
 /// waiter thread.
 ///
-/// Dropping the engine shuts it down (see [`Engine::shutdown`]): no child is left running.
+/// Dropping the engine shuts it down (see [`Engine::shutdown`]) with a deadline of
+/// `default_grace` + 1 s: every run gets SIGTERM, what is alive at the deadline gets
+/// SIGKILL, so no child is left running. Drop does not run when the program dies by a
+/// signal: a program that should stop its runs on Ctrl-C or SIGTERM calls
+/// [`Engine::shutdown`] from a signal handler thread (the crate's README shows one with
+/// signal-hook).
 ///
 /// ```
 /// use runstream::{Engine, EngineConfig, RunSpec, RunState};

@@ -158,6 +158,7 @@ fn run(ctx: RunContext) {
         return;
     }
     let _slot = Slot(&ctx.admission);
+    let mut log_error = None;
     let log = ctx.config.log_dir.as_ref().and_then(|dir| {
         let path = dir.join(format!("{}.jsonl", ctx.run_id));
         match LogWriter::create(path.clone()) {
@@ -167,11 +168,22 @@ fn run(ctx: RunContext) {
             }
             Err(e) => {
                 log::error!("cannot create run log {}: {e}", path.display());
+                log_error = Some(format!(
+                    "cannot create the run's log {}: {e}",
+                    path.display()
+                ));
                 None
             }
         }
     });
     let mut out = Output::new(&ctx, log);
+    if let Some(why) = log_error {
+        // Said in the run itself: its readers rely on the log to resume from any seq.
+        out.system(
+            Level::Error,
+            format!("{why}; going on without it: entries evicted from memory are lost"),
+        );
+    }
     let started_at = Some(Timestamp::now());
     match process::spawn(&ctx.spec) {
         Ok(spawned) => {

@@ -101,9 +101,10 @@ impl RunSpec {
     }
 
     /// Stops the run (SIGTERM, grace, SIGKILL) when it has been running this long; its
-    /// final state is then `timed_out`. Defaults to no timeout.
+    /// final state is then `timed_out`. Zero means no timeout, as `timeout_seconds: 0` in
+    /// the API and `timeout 0` in coreutils. Defaults to no timeout.
     pub fn timeout(mut self, timeout: Duration) -> RunSpec {
-        self.timeout = Some(timeout);
+        self.timeout = (!timeout.is_zero()).then_some(timeout);
         self
     }
 

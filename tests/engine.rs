@@ -777,3 +777,25 @@ fn a_line_that_keeps_growing_is_still_shown_while_it_grows() {
     run.cancel();
     run.wait();
 }
+
+#[test]
+fn an_unusable_log_dir_is_said_in_the_run_and_a_zero_timeout_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let engine = Engine::new(EngineConfig {
+        log_dir: Some(file.join("runs")), // under a regular file: cannot be created
+        ..EngineConfig::default()
+    });
+    let run = engine
+        .submit(sh("sleep 0.2; echo done").timeout(Duration::ZERO))
+        .unwrap();
+    let (entries, status) = collect(&run);
+    assert_eq!(status.status, RunState::Completed, "zero is no timeout");
+    assert_eq!(texts(&entries, Stream::Stdout), ["done"]);
+    let system = texts(&entries, Stream::System);
+    assert!(
+        system[0].starts_with("cannot create the run's log"),
+        "{system:?}"
+    );
+}
