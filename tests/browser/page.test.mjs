@@ -35,6 +35,10 @@ printf '\n'
 echo done`;
 const SLEEPER_SCRIPT = 'echo sleeping; sleep 100';
 const SLOW_SCRIPT = 'i=1; while [ "$i" -le 30 ]; do echo "tick $i"; i=$((i+1)); sleep 0.2; done';
+// Colour codes, markup that would run if it were HTML, and a 30 000-character line.
+const HOSTILE_SCRIPT = String.raw`printf '\033[31mred\033[0m text\n'
+echo '<img src=x onerror="window.__pwned=1">'
+head -c 30000 /dev/zero | tr '\000' A; echo`;
 
 function modulesFixture(cwd) {
   const base = { program: 'sh', cwd, timeout_seconds: 120, grace_seconds: 2, gpu_memory_mb: 0 };
@@ -62,6 +66,13 @@ function modulesFixture(cwd) {
         name: 'Sleeper',
         description: 'Sleeps 100 s (to be cancelled).',
         args: ['-c', SLEEPER_SCRIPT],
+        parameters: {},
+      },
+      hostile: {
+        ...base,
+        name: 'Hostile output',
+        description: 'ANSI colours, HTML, a very long line.',
+        args: ['-c', HOSTILE_SCRIPT],
         parameters: {},
       },
       slow: {
@@ -384,6 +395,19 @@ async function caseLiveOutput() {
   assert(page.pageErrors.length === 0, `page errors: ${page.pageErrors.join('; ')}`);
 }
 
+async function caseHostileOutput() {
+  const { server } = ctx;
+  const page = ctx.mainPage || (await newPage());
+  if (!ctx.mainPage) await page.goto(server.base);
+  await startFromForm(page, 'hostile');
+  await waitIn(page, 'the hostile run to finish', () => document.querySelector('#conn-state').dataset.state === 'finished');
+  const stdout = await lineTexts(page, 'stdout');
+  assert(stdout[0] === 'red text', `colour codes are not text: ${JSON.stringify(stdout[0])}`);
+  assert(stdout[1] === '<img src=x onerror="window.__pwned=1">', `markup shown as text: ${JSON.stringify(stdout[1])}`);
+  assert(!(await page.evaluate(() => window.__pwned)), 'the markup ran');
+  assert(stdout[2].startsWith('A'.repeat(10000) + ' … (20000 more characters'), `long line shown as ${stdout[2].length} chars: ${stdout[2].slice(-80)}`);
+}
+
 async function caseProgress() {
   const { server } = ctx;
   const page = ctx.mainPage || (await newPage());
@@ -593,6 +617,7 @@ async function main() {
     ['start a module from its form; output appears live, line by line', caseLiveOutput],
     ['a \\r progress bar is one updating line ending at 100%, progressbar at 100', caseProgress],
     ['cancel: the page shows cancelled, the process group is gone', caseCancel],
+    ['colour codes stripped, markup shown as text, a 30 000-character line capped', caseHostileOutput],
     ['SSE connection cut mid-run: reconnecting, resume, every line exactly once', caseResume],
     ['timestamps toggle; screenshot of the run view', caseScreenshot],
     ['--token: 401 message without ?token, works with it', caseToken],
