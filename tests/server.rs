@@ -922,6 +922,51 @@ fn past_the_log_limit_the_download_and_the_stream_say_what_was_not_kept() {
 }
 
 #[test]
+fn the_download_joins_the_pieces_of_a_line() {
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            allow_commands: true,
+            ..ServerConfig::default()
+        },
+    );
+    let gate = s.dir.path().join("gate");
+    let script = format!(
+        "printf ab; while [ ! -e {0} ]; do sleep 0.01; done; printf 'cd\\n'",
+        gate.display()
+    );
+    let body = json!({"argv": ["sh", "-c", script]}).to_string();
+    let (status, run) = s.call("POST", "/api/runs", Some(&body));
+    assert_eq!(status, 202, "{run}");
+    let id = run["run_id"].as_str().unwrap();
+    // "ab" goes out on its own (end none) while the child waits at the gate.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
+        if logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"] == "ab" && e["end"] == "none")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no partial line: {logs}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&gate, "").unwrap();
+    s.wait_finished(id);
+    let text = ureq::get(&format!("{}/api/runs/{id}/logs/download", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let stdout: Vec<&str> = text.lines().filter(|l| l.contains("[stdout]")).collect();
+    assert_eq!(stdout.len(), 1, "{text}");
+    assert!(stdout[0].ends_with("[stdout] abcd"), "{text}");
+}
+
+#[test]
 fn raw_commands_need_allow_commands_and_are_validated() {
     let s = start_with(
         EngineConfig::default(),

@@ -9,15 +9,16 @@ use serde_json::{json, Value};
 use tiny_http::{Method, Request, Response};
 
 use super::auth::{check_token, cors_headers};
+use super::download;
 use super::http::{
     header, json_response, query_number, query_pairs, query_value, read_json_body, request_header,
-    url_path, ApiError, FullResponse, StreamingResponse,
+    url_path, ApiError, FullResponse,
 };
 use super::modules::BuildError;
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
 use super::{metrics, sse, AppState};
-use crate::{From, Next, RunHandle, RunSpec, RunState, Stream, Timestamp};
+use crate::{From, Next, RunHandle, RunSpec, RunState, Timestamp};
 
 /// The web page, embedded in the binary.
 const PAGE: &str = include_str!("page.html");
@@ -52,7 +53,7 @@ pub fn handle(state: &Arc<AppState>, mut request: Request) {
         Ok(Reply::Download(_)) if head => Response::from_data(Vec::new())
             .with_header(header("Content-Type", "text/plain; charset=utf-8")),
         Ok(Reply::Stream(run, from)) => return stream(state, run, from, request, &cors),
-        Ok(Reply::Download(run)) => return download(run, request, &cors),
+        Ok(Reply::Download(run)) => return download::send(run, request, &cors),
         Err(e) if e.status == 405 => {
             let allow = allowed_methods(&segments_of(request.url())).join(", ");
             json_response(e.status, &e.body()).with_header(header("Allow", &allow))
@@ -558,54 +559,5 @@ struct SseSlot<'a>(&'a AppState);
 impl Drop for SseSlot<'_> {
     fn drop(&mut self) {
         self.0.sse_clients.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The whole log as text, one `TIMESTAMP [STREAM] MESSAGE` line per entry, read from the
-/// log file for what the ring no longer holds.
-fn download(run: RunHandle, request: Request, cors: &[(&'static str, String)]) {
-    let disposition = format!("attachment; filename=\"{}.log\"", run.id());
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Disposition", &disposition),
-    ];
-    headers.extend(cors.iter().map(|(k, v)| (*k, v.as_str())));
-    let result = (|| -> std::io::Result<()> {
-        let mut out = StreamingResponse::start(request, "200 OK", &headers)?;
-        let capture = run.capture();
-        let mut cursor = 0;
-        let mut text = String::new();
-        let lost = |from: u64, to: u64| {
-            format!("[runstream] entries {from} to {to} were not kept (evicted from memory, not in the log)\n")
-        };
-        loop {
-            let (batch, next_seq) = capture.read(cursor, 4096);
-            if batch.is_empty() {
-                if cursor < next_seq {
-                    out.chunk(lost(cursor, next_seq - 1).as_bytes())?;
-                }
-                break;
-            }
-            text.clear();
-            for e in &batch {
-                // Seqs jump where entries were lost (evicted from memory, not in the log):
-                // say so where it happened rather than hand out a file that looks whole.
-                if e.seq > cursor {
-                    text.push_str(&lost(cursor, e.seq - 1));
-                }
-                cursor = e.seq + 1;
-                let stream = match e.stream {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
-                    Stream::System => "system",
-                };
-                text.push_str(&format!("{} [{stream}] {}\n", e.timestamp, e.message));
-            }
-            out.chunk(text.as_bytes())?;
-        }
-        out.finish()
-    })();
-    if let Err(e) = result {
-        log::debug!("download of {} ended early: {e}", run.id());
     }
 }

@@ -18,6 +18,7 @@
 mod api;
 mod auth;
 mod config;
+mod download;
 mod http;
 mod metrics;
 mod modules;
