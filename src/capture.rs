@@ -130,6 +130,13 @@ impl CaptureState {
     fn first_seq(&self) -> u64 {
         self.next_seq - self.entries.len() as u64
     }
+
+    /// Entries below this seq that the ring no longer holds are in the log (when there is
+    /// one); from here to `first_seq` they are lost.
+    fn on_disk(&self) -> u64 {
+        let first = self.first_seq();
+        self.log_end.map_or(first, |end| end.min(first))
+    }
 }
 
 impl OutputCapture {
@@ -351,7 +358,7 @@ impl OutputCapture {
         let first = s.first_seq();
         if from_seq < first {
             if let Some(log) = s.log.clone() {
-                let on_disk = s.log_end.map_or(first, |end| end.min(first));
+                let on_disk = s.on_disk();
                 drop(s);
                 let mut out = Vec::new();
                 let mut cursor = from_seq;
@@ -564,8 +571,7 @@ impl Subscription {
             if self.cursor < s.next_seq {
                 if self.cursor < first {
                     let from_seq = self.cursor;
-                    // What the log holds of the entries the ring no longer has.
-                    let on_disk = s.log_end.map_or(first, |end| end.min(first));
+                    let on_disk = s.on_disk();
                     if let Some(log) = s.log.clone().filter(|_| from_seq < on_disk) {
                         drop(s);
                         let to = on_disk.min(entry_limit);

@@ -35,9 +35,11 @@ printf '\n'
 echo done`;
 const SLEEPER_SCRIPT = 'echo sleeping; sleep 100';
 const SLOW_SCRIPT = 'i=1; while [ "$i" -le 30 ]; do echo "tick $i"; i=$((i+1)); sleep 0.2; done';
-// Colour codes, markup that would run if it were HTML, and a 30 000-character line.
+// Colour codes, markup that would run if it were HTML, a right-to-left override and a
+// 30 000-character line.
 const HOSTILE_SCRIPT = String.raw`printf '\033[31mred\033[0m text\n'
 echo '<img src=x onerror="window.__pwned=1">'
+printf 'a\342\200\256b\n'
 head -c 30000 /dev/zero | tr '\000' A; echo`;
 
 function modulesFixture(cwd) {
@@ -405,7 +407,8 @@ async function caseHostileOutput() {
   assert(stdout[0] === 'red text', `colour codes are not text: ${JSON.stringify(stdout[0])}`);
   assert(stdout[1] === '<img src=x onerror="window.__pwned=1">', `markup shown as text: ${JSON.stringify(stdout[1])}`);
   assert(!(await page.evaluate(() => window.__pwned)), 'the markup ran');
-  assert(stdout[2].startsWith('A'.repeat(10000) + ' … (20000 more characters'), `long line shown as ${stdout[2].length} chars: ${stdout[2].slice(-80)}`);
+  assert(stdout[2] === 'a<U+202E>b', `a right-to-left override is shown by name: ${JSON.stringify(stdout[2])}`);
+  assert(stdout[3].startsWith('A'.repeat(10000) + ' … (20000 more characters'), `long line shown as ${stdout[3].length} chars: ${stdout[3].slice(-80)}`);
 }
 
 async function caseProgress() {
@@ -617,7 +620,7 @@ async function main() {
     ['start a module from its form; output appears live, line by line', caseLiveOutput],
     ['a \\r progress bar is one updating line ending at 100%, progressbar at 100', caseProgress],
     ['cancel: the page shows cancelled, the process group is gone', caseCancel],
-    ['colour codes stripped, markup shown as text, a 30 000-character line capped', caseHostileOutput],
+    ['colour codes stripped, markup shown as text, bidi controls named, a 30 000-character line capped', caseHostileOutput],
     ['SSE connection cut mid-run: reconnecting, resume, every line exactly once', caseResume],
     ['timestamps toggle; screenshot of the run view', caseScreenshot],
     ['--token: 401 message without ?token, works with it', caseToken],
