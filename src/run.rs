@@ -223,6 +223,8 @@ struct Output {
     next_seq: u64,
     batch: Vec<Entry>,
     batch_bytes: usize,
+    /// Bytes the batch will take in the log file.
+    batch_log_bytes: u64,
     stderr_tail: VecDeque<String>,
     progress: Option<f64>,
     /// Per stream (stdout, stderr): the level of the line whose text went out as `none`
@@ -240,6 +242,7 @@ impl Output {
             next_seq: 0,
             batch: Vec::new(),
             batch_bytes: 0,
+            batch_log_bytes: 0,
             stderr_tail: VecDeque::new(),
             progress: None,
             open_line_level: [None, None],
@@ -270,7 +273,15 @@ impl Output {
     }
 
     fn push(&mut self, stream: Stream, level: Level, message: String, end: LineEnd, ts: Timestamp) {
-        let entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+        let mut entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+        if self.log_would_pass_limit(entry.json().len() as u64 + 1) {
+            // The warning goes in first, as the log's last entry: the file passes its limit
+            // by at most that one entry. This one takes the next seq, in memory only.
+            let message = std::mem::take(&mut entry.message);
+            self.end_full_log();
+            entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+        }
+        self.batch_log_bytes += entry.json().len() as u64 + 1;
         self.batch_bytes += entry.size_in_memory();
         self.batch.push(entry);
         self.next_seq += 1;
@@ -317,23 +328,26 @@ impl Output {
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
+        self.batch_log_bytes = 0;
         self.capture
             .append(batch, self.log.as_ref().map(LogWriter::index));
         if let Some(p) = self.progress.take() {
             self.capture
                 .update_status(false, |s| s.progress_percent = Some(p));
         }
-        let full = self
-            .log
-            .as_ref()
-            .zip(self.max_log_bytes)
-            .is_some_and(|(log, max)| log.len() >= max);
-        if full {
-            self.end_full_log();
-        }
     }
 
-    /// The log reached `max_log_bytes`: it ends with a warning entry and grows no more;
+    /// Whether `bytes` more (one entry's line) would take the log past `max_log_bytes`,
+    /// counting the batch not written yet.
+    fn log_would_pass_limit(&self, bytes: u64) -> bool {
+        self.log
+            .as_ref()
+            .zip(self.max_log_bytes)
+            .is_some_and(|(log, max)| log.len() + self.batch_log_bytes + bytes > max)
+    }
+
+    /// The next entry would take the log past `max_log_bytes`: it ends with a warning
+    /// entry instead and grows no more;
     /// later output lives in the ring only (readers that fall behind it get a `Gap`).
     fn end_full_log(&mut self) {
         let max = self.max_log_bytes.take().unwrap_or_default();

@@ -921,3 +921,6 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
     proc.signal(libc::SIGTERM);
     assert!(proc.wait_exit(PATIENCE).success());
 }
+
+/// The data directory and its disk: full disk, a second server, memory by bytes (issue 10).
+mod storage;

@@ -20,6 +20,7 @@ mod auth;
 mod config;
 mod download;
 mod http;
+mod listener;
 mod metrics;
 mod modules;
 mod run_json;
@@ -91,19 +92,18 @@ impl Server {
                 );
             }
         }
-        let http = tiny_http::Server::new(tiny_http::ServerConfig {
-            addr: tiny_http::ConfigListenAddr::IP(vec![config.bind]),
-            ssl: None,
-            limits: tiny_http::ConnectionLimits {
-                max_connections: config.max_connections,
-                header_timeout: config.header_timeout,
-                idle_timeout: config.idle_timeout,
-                max_line_bytes: MAX_HEADER_LINE,
-                max_headers: MAX_HEADERS,
-                error_body: Some(http::connection_error_body),
-            },
-        })
-        .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+        let listener = listener::bind(config.bind)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+        let limits = tiny_http::ConnectionLimits {
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
+            max_line_bytes: MAX_HEADER_LINE,
+            max_headers: MAX_HEADERS,
+            error_body: Some(http::connection_error_body),
+        };
+        let http = tiny_http::Server::from_listener_with_limits(listener, None, limits)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
         let addr = http
             .server_addr()
             .to_ip()
