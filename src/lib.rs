@@ -42,6 +42,7 @@
 mod admission;
 mod capture;
 mod config;
+mod dirlock;
 mod engine;
 mod entry;
 pub mod gpu;
@@ -62,6 +63,7 @@ struct ReadmeDoctests;
 
 pub use capture::{CaptureStats, Event, From, Next, OutputCapture, Subscription};
 pub use config::EngineConfig;
+pub use dirlock::{DirLock, DirLockError};
 pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};

@@ -39,7 +39,7 @@ pub use http::ApiError;
 pub use modules::{BuildError, Catalogue, Module, ParamType, Parameter};
 pub use run_json::run_json;
 
-use crate::Engine;
+use crate::{DirLock, Engine};
 
 /// Longest request line or header line: 414 or 431 beyond (a URL with a token and a
 /// query fits many times over).
@@ -63,6 +63,8 @@ pub struct Server {
     http: Arc<tiny_http::Server>,
     addr: SocketAddr,
     accept: Mutex<Option<JoinHandle<()>>>,
+    /// The log directory's exclusive lock, held for the server's life.
+    _dir_lock: Option<DirLock>,
 }
 
 impl Server {
@@ -83,6 +85,18 @@ impl Server {
             ));
         }
         catalogue.check()?;
+        // Crash recovery (and the server's life) only under the directory's lock: with two
+        // servers on one directory, the second would take the first one's live runs for
+        // lost ones and stop them.
+        let dir_lock = match engine.config().log_dir.as_deref() {
+            Some(dir) => Some(DirLock::exclusive(dir).map_err(|e| {
+                format!(
+                    "{e}: another server (or a `runstream run --log-dir` into it) is using \
+                     this data directory; stop it or use another --data-dir"
+                )
+            })?),
+            None => None,
+        };
         if let Some(dir) = engine.config().log_dir.clone() {
             let (loaded, lost) = store::recover(&engine, &dir, engine.config().default_grace);
             if loaded > 0 {
@@ -129,6 +143,7 @@ impl Server {
             http,
             addr,
             accept: Mutex::new(Some(accept)),
+            _dir_lock: dir_lock,
         })
     }
 

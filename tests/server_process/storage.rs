@@ -48,3 +48,115 @@ fn the_listen_backlog_holds_a_burst_of_300_connections() {
     proc.signal(libc::SIGTERM);
     assert!(proc.wait_exit(PATIENCE).success());
 }
+
+/// `runstream serve` on `data` (plus `extra`) that is expected to refuse to start.
+fn serve_fails_on(cwd: &Path, data: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    serve_fails(cwd, &args)
+}
+
+/// `runstream run --log-dir DIR -- ARGV` with stderr captured.
+fn cli_run(log_dir: &Path, argv: &[&str]) -> Command {
+    let mut cmd = runstream();
+    cmd.arg("run")
+        .arg("--log-dir")
+        .arg(log_dir)
+        .arg("--")
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start_and_leaves_the_first_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"sleeper": {"name": "Sleeper", "program": "sh",
+            "args": ["-c", "echo ready; sleep 100"]}}}),
+    );
+    let data = dir.path().join("data");
+    let first = Server::start(&data, &modules);
+    let run_id = first.run_module("sleeper", json!({}));
+    let mut sse = first.stream(&run_id);
+    sse.wait_for("ready log", |e| e.is_log("ready"));
+    let pid = first.pid_of(&run_id);
+    let _group = GroupGuard(pid);
+
+    let (code, stderr) =
+        serve_fails_on(dir.path(), &data, &["--modules", modules.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    let holder = format!("(pid {})", first.proc.pid());
+    assert!(stderr.contains(&holder), "{stderr}");
+    assert!(stderr.contains("another --data-dir"), "{stderr}");
+    // The first server's live run was not touched: no recovery ran.
+    assert!(!live_group_members(pid).is_empty());
+    assert_eq!(first.run(&run_id)["status"], "running");
+    let saved = read_json(&data.join("runs").join(format!("{run_id}.json")));
+    assert_eq!(saved["status"], "running", "{saved}");
+
+    // A `runstream run` cannot write into a live server's directory either.
+    let out = cli_run(&data.join("runs"), &["true"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&holder), "{stderr}");
+
+    // A crash leaves no stale lock: the next server starts and recovers the run.
+    let mut first = first;
+    first.signal(libc::SIGKILL);
+    first.wait_exit(PATIENCE);
+    drop(sse);
+    let next = Server::start(&data, &modules);
+    assert_eq!(next.run(&run_id)["status"], "failed");
+}
+
+#[test]
+fn runstream_runs_share_a_log_dir_but_a_server_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runs = data.join("runs");
+    let gate = dir.path().join("gate");
+    let started = dir.path().join("started");
+    let script = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.01; done",
+        started.display(),
+        gate.display()
+    );
+    let mut long = cli_run(&runs, &["sh", "-c", &script]).spawn().unwrap();
+    poll(PATIENCE, "the first run to start", || {
+        started.exists().then_some(())
+    });
+    // A second `runstream run` into the same directory is fine: its files are its own.
+    let out = cli_run(&runs, &["echo", "second"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A server there would take the live run for a lost one: it refuses, naming it.
+    let (code, stderr) = serve_fails_on(dir.path(), &data, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", long.id())), "{stderr}");
+
+    fs::write(&gate, "").unwrap();
+    assert!(long.wait().unwrap().success());
+    let server = Server::start_in(dir.path(), &data, &[]);
+    let list = server.get("/api/runs");
+    assert_eq!(list["total"], 2, "{list}");
+    assert!(
+        list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "completed"),
+        "{list}"
+    );
+}

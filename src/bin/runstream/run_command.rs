@@ -21,15 +21,26 @@ pub fn run(args: RunArgs) -> i32 {
     }
     // The engine only logs an error when it cannot write the log and runs the command
     // anyway; whoever asked for the log to be kept should learn before anything starts.
-    if let Some(dir) = &args.log_dir {
-        if let Err(reason) = check_log_dir(dir) {
-            eprintln!(
-                "runstream: cannot use --log-dir {}: {reason}",
-                dir.display()
-            );
-            return 2;
-        }
-    }
+    // Shared: several `runstream run`s may write their runs into one directory, but not
+    // into a server's, whose crash recovery would take a live run here for a lost one.
+    let _dir_lock = match &args.log_dir {
+        Some(dir) => match check_log_dir(dir).and_then(|()| {
+            runstream::DirLock::shared(dir).map_err(|e| match e {
+                runstream::DirLockError::InUse { .. } => format!("{e}: a server owns it"),
+                _ => e.to_string(),
+            })
+        }) {
+            Ok(lock) => Some(lock),
+            Err(reason) => {
+                eprintln!(
+                    "runstream: cannot use --log-dir {}: {reason}",
+                    dir.display()
+                );
+                return 2;
+            }
+        },
+        None => None,
+    };
 
     // The output always goes through a log file, so that a consumer slower than the child
     // (a pipe, a busy disk) loses nothing: it reads what the ring let go from the file.
