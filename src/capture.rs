@@ -6,12 +6,29 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::logfile::{LogLocator, INDEX_EVERY};
+use crate::logfile::{IndexPoint, LogLocator};
 use crate::{Entry, RunStatus};
 
-/// Most entries one `Subscription::next` call hands out, so one call never holds the lock
-/// (or a log read) for long.
+/// Most entries one `Subscription::next` or `read` call hands out, so one call never
+/// holds the lock (or a log read) for long...
 const MAX_BATCH: usize = 1024;
+/// ... and most bytes (`Entry::size_in_memory`; at least one entry): what each reader
+/// holds at once, and what an SSE connection copies into its write buffer, stays small
+/// whatever the lines' size (1024 entries of 64 KiB lines were 200 MiB per reader).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// How many of `entries` (at most `max`) make one batch.
+fn batch_len<'a>(entries: impl Iterator<Item = &'a Arc<Entry>>, max: usize) -> usize {
+    let (mut n, mut bytes) = (0, 0);
+    for e in entries.take(max) {
+        bytes += e.size_in_memory();
+        if n > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
 
 /// Where a subscription starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +220,7 @@ impl OutputCapture {
     /// Appends a batch of entries (seqs must continue from the last batch), evicts the
     /// oldest beyond the caps, and wakes every waiting subscriber once.
     /// `log_index` is the log writer's current sparse index, when there is a log.
-    pub(crate) fn append(&self, batch: Vec<Entry>, log_index: Option<&[u64]>) {
+    pub(crate) fn append(&self, batch: Vec<Entry>, log_index: Option<&[IndexPoint]>) {
         if batch.is_empty() {
             return;
         }
@@ -349,44 +366,38 @@ impl OutputCapture {
         }
     }
 
-    /// Reads up to `max` entries from `from_seq` on, from memory or (for evicted ones) the
-    /// log. Returns the entries and the seq after the last captured entry. Entries that
-    /// were evicted and that no log has are skipped: the seqs jump.
+    /// Reads entries from `from_seq` on, from memory or (for evicted ones) the log: at
+    /// most `max`, and about 256 KiB (at least one entry), so call again from after the
+    /// last one for more. Returns the entries and the seq after the last captured entry.
+    /// Entries that were evicted and that no log has are skipped: the seqs jump. Empty
+    /// only when nothing is left from `from_seq` on.
     pub fn read(&self, from_seq: u64, max: usize) -> (Vec<Arc<Entry>>, u64) {
         let s = self.lock();
         let next_seq = s.next_seq;
         let first = s.first_seq();
         if from_seq < first {
-            if let Some(log) = s.log.clone() {
-                let on_disk = s.on_disk();
+            let on_disk = s.on_disk();
+            if let Some(log) = s.log.clone().filter(|_| from_seq < on_disk) {
                 drop(s);
-                let mut out = Vec::new();
-                let mut cursor = from_seq;
-                while cursor < on_disk && out.len() < max {
-                    let to = on_disk.min(cursor + (max - out.len()) as u64);
-                    match self.read_back(&log, cursor, to, on_disk) {
-                        Ok(got) if !got.is_empty() => {
-                            cursor += got.len() as u64;
-                            out.extend(got);
-                        }
-                        _ => break,
+                if let Ok(mut got) = self.read_back(&log, from_seq, on_disk, on_disk) {
+                    if !got.is_empty() {
+                        got.truncate(max);
+                        return (got, next_seq);
                     }
                 }
-                if out.len() < max {
-                    let more = self.read(first, max - out.len()).0;
-                    out.extend(more.into_iter().filter(|e| e.seq >= first));
-                }
-                return (out, next_seq);
+                return self.read(first, max);
             }
         }
         let skip = from_seq.saturating_sub(first) as usize;
-        let out = s.entries.iter().skip(skip).take(max).cloned().collect();
+        let take = batch_len(s.entries.iter().skip(skip), max);
+        let out = s.entries.iter().skip(skip).take(take).cloned().collect();
         (out, next_seq)
     }
 
-    /// Entries `from..to` read back from the log. Blocks wholly below `on_disk` (the first
-    /// seq still in memory: everything older is complete in the log) go through the block
-    /// cache.
+    /// Entries `from..to` (`to <= on_disk`) from the log: those of the block holding
+    /// `from` (see `logfile::INDEX_EVERY`), at most one batch. Every block, the last,
+    /// partial one too, is decoded once into the shared block cache: any number of readers
+    /// replaying one history hold one copy. `on_disk` bounds what the log holds now.
     fn read_back(
         &self,
         log: &LogLocator,
@@ -394,41 +405,28 @@ impl OutputCapture {
         to: u64,
         on_disk: u64,
     ) -> std::io::Result<Vec<Arc<Entry>>> {
-        let block_start = from - from % INDEX_EVERY;
-        let block_end = block_start + INDEX_EVERY;
-        if block_end > on_disk {
-            return Ok(log
-                .read(from, to, MAX_BATCH)?
-                .into_iter()
-                .map(Arc::new)
-                .collect());
-        }
+        let (block_start, next_block) = log.block_of(from);
+        let block_end = next_block.map_or(on_disk, |n| n.min(on_disk));
         let key = (self.cache_id, block_start);
-        let cached = cold_blocks().get(key);
+        let cached = cold_blocks().get(key, block_end.min(to));
         let block = match cached {
             Some(block) => block,
             None => {
+                // Bounded by construction: an index point starts a block at least every
+                // `BLOCK_BYTES` of file.
                 let block: Block = log
-                    .read(block_start, block_end, INDEX_EVERY as usize)?
+                    .read(block_start, block_end, usize::MAX, u64::MAX)?
                     .into_iter()
                     .map(Arc::new)
                     .collect();
-                if block.len() as u64 != INDEX_EVERY {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{} ends inside entries {block_start}..{block_end}",
-                            log.path.display()
-                        ),
-                    ));
-                }
-                cold_blocks().insert(key, Arc::clone(&block));
+                cold_blocks().insert(key, Arc::clone(&block), block_end);
                 block
             }
         };
-        let lo = (from - block_start) as usize;
-        let hi = (to.min(block_end) - block_start) as usize;
-        Ok(block[lo..hi].to_vec())
+        let lo = block.partition_point(|e| e.seq < from);
+        let hi = block.partition_point(|e| e.seq < to);
+        let take = batch_len(block[lo..hi].iter(), MAX_BATCH);
+        Ok(block[lo..lo + take].to_vec())
     }
 
     /// A subscription on `capture` starting at `from`.
@@ -459,8 +457,9 @@ impl OutputCapture {
     }
 }
 
-/// Most blocks (of `INDEX_EVERY` entries) and bytes the block cache keeps, for all runs
-/// together: replays of any number of runs never hold more than this.
+/// Most blocks and bytes the block cache keeps, for all runs together: replays of any
+/// number of runs never hold more than this (a block is at most 1024 entries and about
+/// 256 KiB of log, see `logfile::INDEX_EVERY`).
 const COLD_MAX_BLOCKS: usize = 128;
 const COLD_MAX_BYTES: usize = 32 << 20;
 
@@ -480,33 +479,43 @@ fn cold_blocks() -> MutexGuard<'static, ColdBlocks> {
 
 #[derive(Debug)]
 struct ColdBlocks {
-    /// (key, entries, bytes), least recently used first.
-    blocks: VecDeque<((u64, u64), Block, usize)>,
+    /// (key, entries, the seq the block was read up to, bytes), least recently used first.
+    blocks: VecDeque<((u64, u64), Block, u64, usize)>,
     bytes: usize,
 }
 
 impl ColdBlocks {
-    fn get(&mut self, key: (u64, u64)) -> Option<Block> {
+    /// The block `key`, if it was read up to `needed` at least (the last block of a live
+    /// log grows: an older, shorter copy is read again).
+    fn get(&mut self, key: (u64, u64), needed: u64) -> Option<Block> {
         // Readers of one history move forward together: the block is usually near the back.
-        let pos = self.blocks.iter().rposition(|(k, _, _)| *k == key)?;
+        let pos = self.blocks.iter().rposition(|b| b.0 == key)?;
+        if self.blocks[pos].2 < needed {
+            return None;
+        }
         let hit = self.blocks.remove(pos)?;
         let block = Arc::clone(&hit.1);
         self.blocks.push_back(hit);
         Some(block)
     }
 
-    fn insert(&mut self, key: (u64, u64), block: Block) {
-        if self.blocks.iter().any(|(k, _, _)| *k == key) {
-            return;
+    /// Adds (or replaces with a longer copy) the block `key`, read up to `read_to`.
+    fn insert(&mut self, key: (u64, u64), block: Block, read_to: u64) {
+        if let Some(pos) = self.blocks.iter().position(|b| b.0 == key) {
+            if self.blocks[pos].2 >= read_to {
+                return;
+            }
+            let old = self.blocks.remove(pos).expect("found above");
+            self.bytes -= old.3;
         }
         let size: usize = block.iter().map(|e| e.size_in_memory()).sum();
         self.bytes += size;
-        self.blocks.push_back((key, block, size));
+        self.blocks.push_back((key, block, read_to, size));
         while self.blocks.len() > COLD_MAX_BLOCKS
             || (self.bytes > COLD_MAX_BYTES && self.blocks.len() > 1)
         {
-            if let Some((_, _, size)) = self.blocks.pop_front() {
-                self.bytes -= size;
+            if let Some(old) = self.blocks.pop_front() {
+                self.bytes -= old.3;
             }
         }
     }
@@ -600,7 +609,7 @@ impl Subscription {
                 }
                 let skip = (self.cursor - first) as usize;
                 let available = (s.next_seq.min(entry_limit) - self.cursor) as usize;
-                let take = available.min(MAX_BATCH);
+                let take = batch_len(s.entries.range(skip..skip + available), MAX_BATCH);
                 if take > 0 {
                     let batch: Vec<Arc<Entry>> =
                         s.entries.range(skip..skip + take).cloned().collect();

@@ -206,14 +206,15 @@ impl Engine {
         status: RunStatus,
         log_file: &std::path::Path,
     ) -> std::io::Result<RunHandle> {
-        let (index, entries) = match crate::logfile::scan_index(log_file) {
+        let scan = match crate::logfile::scan_index(log_file) {
             Ok(found) => found,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => return Err(e),
         };
+        let entries = scan.next_seq;
         let log = crate::logfile::LogLocator {
             path: log_file.to_path_buf(),
-            index,
+            index: scan.index,
         };
         let (control, _) = unbounded();
         let handle = RunHandle {

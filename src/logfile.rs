@@ -7,9 +7,29 @@ use std::path::{Path, PathBuf};
 
 use crate::{Entry, RunStatus};
 
-/// One offset is remembered for every this many entries; reading back seeks to the nearest
-/// one and skips at most this many lines. Keeps the index tiny (2 M lines → 16 KB).
+/// An index point is made at the first entry, then at the first entry after
+/// `INDEX_EVERY` entries or `BLOCK_BYTES` of file since the last point, whichever comes
+/// first. The entries between two points are a *block*: what readers decode and cache at
+/// once, so a block is bounded by bytes (at most `BLOCK_BYTES` plus one entry) as well as
+/// by count, however long the lines are. The index stays tiny (2 M short lines: 2 000
+/// points; 1 GiB of long lines: 4 096).
 pub(crate) const INDEX_EVERY: u64 = 1024;
+/// See [`INDEX_EVERY`].
+pub(crate) const BLOCK_BYTES: u64 = 256 * 1024;
+
+/// Where one entry's line starts in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexPoint {
+    pub seq: u64,
+    pub offset: u64,
+}
+
+/// Whether the entry `seq` starting at `offset` gets an index point (see [`INDEX_EVERY`]).
+/// The writer and [`scan_index`] apply the same rule, so a log loaded again after a
+/// restart has the same blocks.
+fn starts_block(last: Option<&IndexPoint>, seq: u64, offset: u64) -> bool {
+    last.is_none_or(|p| seq - p.seq >= INDEX_EVERY || offset - p.offset >= BLOCK_BYTES)
+}
 
 /// Appends entries to a run's JSONL log and keeps a sparse seq → offset index.
 #[derive(Debug)]
@@ -17,7 +37,7 @@ pub(crate) struct LogWriter {
     path: PathBuf,
     out: BufWriter<File>,
     written: u64,
-    index: Vec<u64>,
+    index: Vec<IndexPoint>,
 }
 
 impl LogWriter {
@@ -32,10 +52,13 @@ impl LogWriter {
         })
     }
 
-    /// Appends one entry. Entries must come in seq order, starting at 0.
+    /// Appends one entry. Entries must come in seq order.
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
-        if entry.seq % INDEX_EVERY == 0 {
-            self.index.push(self.written);
+        if starts_block(self.index.last(), entry.seq, self.written) {
+            self.index.push(IndexPoint {
+                seq: entry.seq,
+                offset: self.written,
+            });
         }
         self.out.write_all(entry.json().as_bytes())?;
         self.out.write_all(b"\n")?;
@@ -56,8 +79,8 @@ impl LogWriter {
         }
     }
 
-    /// The index's newest offset, for keeping a reader's copy current.
-    pub fn index(&self) -> &[u64] {
+    /// The index's points so far, for keeping a reader's copy current.
+    pub fn index(&self) -> &[IndexPoint] {
         &self.index
     }
 
@@ -76,50 +99,84 @@ impl LogWriter {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LogLocator {
     pub path: PathBuf,
-    pub index: Vec<u64>,
+    pub index: Vec<IndexPoint>,
 }
 
 impl LogLocator {
-    /// Reads entries with `from_seq <= seq < to_seq`, at most `max` of them.
-    pub fn read(&self, from_seq: u64, to_seq: u64, max: usize) -> io::Result<Vec<Entry>> {
-        read_range(&self.path, &self.index, from_seq, to_seq, max)
+    /// Reads entries with `from_seq <= seq < to_seq`: at most `max` of them, and no more
+    /// once they take `max_bytes` of file (at least one is read).
+    pub fn read(
+        &self,
+        from_seq: u64,
+        to_seq: u64,
+        max: usize,
+        max_bytes: u64,
+    ) -> io::Result<Vec<Entry>> {
+        read_range(&self.path, &self.index, from_seq, to_seq, max, max_bytes)
+    }
+
+    /// The block holding `seq`: its first seq and the first seq of the next block, if
+    /// the index knows one yet.
+    pub fn block_of(&self, seq: u64) -> (u64, Option<u64>) {
+        let next = self.index.partition_point(|p| p.seq <= seq);
+        let start = next
+            .checked_sub(1)
+            .map_or(0, |i| self.index[i].seq.min(seq));
+        (start, self.index.get(next).map(|p| p.seq))
     }
 }
 
-/// Reads entries `from_seq..to_seq` (at most `max`) from a JSONL log, seeking with `index`
-/// (offset of every `INDEX_EVERY`-th seq; may be empty, then it scans from the start).
+/// The seq a log line starts with: every line is `{"seq":N,...` (see `Entry::new`).
+/// Parsed from the prefix alone, so skipping lines costs no JSON decoding.
+fn line_seq(line: &[u8]) -> Option<u64> {
+    let digits = line.strip_prefix(b"{\"seq\":")?;
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
+}
+
+/// Reads entries `from_seq..to_seq` from a JSONL log, at most `max` and no more once
+/// `max_bytes` of file were read (at least one), seeking with `index` (may be empty:
+/// then it reads from the start).
 pub(crate) fn read_range(
     path: &Path,
-    index: &[u64],
+    index: &[IndexPoint],
     from_seq: u64,
     to_seq: u64,
     max: usize,
+    max_bytes: u64,
 ) -> io::Result<Vec<Entry>> {
     let mut file = File::open(path)?;
-    let slot = ((from_seq / INDEX_EVERY) as usize).min(index.len().saturating_sub(1));
-    let mut seq = 0;
-    if let Some(&offset) = index.get(slot) {
-        file.seek(SeekFrom::Start(offset))?;
-        seq = slot as u64 * INDEX_EVERY;
+    let at = index.partition_point(|p| p.seq <= from_seq);
+    if let Some(point) = at.checked_sub(1).map(|i| index[i]) {
+        file.seek(SeekFrom::Start(point.offset))?;
     }
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut out = Vec::new();
-    let mut line = String::new();
-    while seq < to_seq && out.len() < max {
+    let mut bytes = 0u64;
+    let mut line = Vec::new();
+    while out.len() < max && (out.is_empty() || bytes < max_bytes) {
         line.clear();
-        if reader.read_line(&mut line)? == 0 || !line.ends_with('\n') {
+        if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
             break; // end of what is written so far
         }
-        if seq >= from_seq {
-            let entry = Entry::from_json(&line).ok_or_else(|| {
+        let seq = line_seq(&line).unwrap_or(u64::MAX);
+        if seq < from_seq {
+            continue;
+        }
+        if seq >= to_seq {
+            break;
+        }
+        let entry = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|text| Entry::from_json(text.trim_end()))
+            .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{}: entry {seq} is not valid JSON", path.display()),
                 )
             })?;
-            out.push(entry);
-        }
-        seq += 1;
+        bytes += line.len() as u64;
+        out.push(entry);
     }
     Ok(out)
 }
@@ -137,12 +194,20 @@ pub(crate) fn save_status(path: &Path, status: &RunStatus) {
     }
 }
 
-/// Builds the sparse index of an existing log (used when a finished run is loaded again),
-/// and counts its entries.
-pub(crate) fn scan_index(path: &Path) -> io::Result<(Vec<u64>, u64)> {
+/// What [`scan_index`] finds in an existing log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LogScan {
+    /// The sparse index, as the writer made it.
+    pub index: Vec<IndexPoint>,
+    /// The seq after the last complete line (0 for an empty log).
+    pub next_seq: u64,
+}
+
+/// Builds the sparse index of an existing log (used when a finished run is loaded again).
+pub(crate) fn scan_index(path: &Path) -> io::Result<LogScan> {
     let mut reader = BufReader::with_capacity(256 * 1024, File::open(path)?);
-    let mut index = Vec::new();
-    let (mut offset, mut count) = (0u64, 0u64);
+    let mut scan = LogScan::default();
+    let mut offset = 0u64;
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -150,13 +215,22 @@ pub(crate) fn scan_index(path: &Path) -> io::Result<(Vec<u64>, u64)> {
         if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        if count % INDEX_EVERY == 0 {
-            index.push(offset);
+        let seq = line_seq(&line).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: a line at byte {offset} is not an entry",
+                    path.display()
+                ),
+            )
+        })?;
+        if starts_block(scan.index.last(), seq, offset) {
+            scan.index.push(IndexPoint { seq, offset });
         }
         offset += n as u64;
-        count += 1;
+        scan.next_seq = seq + 1;
     }
-    Ok((index, count))
+    Ok(scan)
 }
 
 /// Ends the log of a run that was live when the server died: drops a torn last line (a
@@ -176,7 +250,7 @@ pub(crate) fn close_after_crash(
         .truncate(false)
         .open(path)?;
     let mut reader = BufReader::new(&file);
-    let (mut complete_len, mut count) = (0u64, 0u64);
+    let mut complete_len = 0u64;
     let (mut line, mut last) = (Vec::new(), Vec::new());
     loop {
         line.clear();
@@ -185,9 +259,9 @@ pub(crate) fn close_after_crash(
             break;
         }
         complete_len += n as u64;
-        count += 1;
         std::mem::swap(&mut line, &mut last);
     }
+    let next_seq = line_seq(&last).map_or(0, |seq| seq + 1);
     let last_time = std::str::from_utf8(&last)
         .ok()
         .and_then(|l| Entry::from_json(l.trim_end()))
@@ -196,7 +270,7 @@ pub(crate) fn close_after_crash(
     file.set_len(complete_len)?;
     file.seek(SeekFrom::End(0))?;
     let entry = Entry::new(
-        count,
+        next_seq,
         crate::Timestamp::now(),
         crate::Stream::System,
         crate::Level::Error,
@@ -244,10 +318,10 @@ mod tests {
         let last = close_after_crash(&path, "lost".into()).unwrap();
         assert_eq!(last, Some(Timestamp::from_micros(2)));
         let loc = LogLocator {
-            index: scan_index(&path).unwrap().0,
+            index: scan_index(&path).unwrap().index,
             path: path.clone(),
         };
-        let entries = loc.read(0, 10, 10).unwrap();
+        let entries = loc.read(0, 10, 10, u64::MAX).unwrap();
         assert_eq!(entries.len(), 4);
         assert_eq!(entries[3].seq, 3);
         assert_eq!(
@@ -257,7 +331,7 @@ mod tests {
         // A run that never started has no log: it gets one with just that entry.
         let fresh = dir.path().join("q.jsonl");
         assert_eq!(close_after_crash(&fresh, "lost".into()).unwrap(), None);
-        assert_eq!(scan_index(&fresh).unwrap().1, 1);
+        assert_eq!(scan_index(&fresh).unwrap().next_seq, 1);
     }
 
     #[test]
@@ -270,12 +344,46 @@ mod tests {
         w.flush().unwrap();
         let loc = w.locator();
         for (from, to) in [(0, 3), (1023, 1026), (2047, 2049), (4990, 6000)] {
-            let got = loc.read(from, to, 10_000).unwrap();
+            let got = loc.read(from, to, 10_000, u64::MAX).unwrap();
             let want: Vec<Entry> = (from..to.min(5000)).map(entry).collect();
             assert_eq!(got, want, "{from}..{to}");
         }
-        assert_eq!(loc.read(100, 5000, 7).unwrap().len(), 7);
-        let (index, count) = scan_index(w.path()).unwrap();
-        assert_eq!((index, count), (w.index().to_vec(), 5000));
+        assert_eq!(loc.read(100, 5000, 7, u64::MAX).unwrap().len(), 7);
+        // Bounded by bytes too, but never empty.
+        assert_eq!(loc.read(100, 5000, 1000, 1).unwrap().len(), 1);
+        let scan = scan_index(w.path()).unwrap();
+        assert_eq!((scan.index, scan.next_seq), (w.index().to_vec(), 5000));
+    }
+
+    #[test]
+    fn blocks_are_bounded_by_bytes_as_well_as_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::create(dir.path().join("b.jsonl")).unwrap();
+        let long = "x".repeat(100_000);
+        for seq in 0..40 {
+            let message = if seq % 10 == 0 {
+                long.clone()
+            } else {
+                format!("{seq}")
+            };
+            let e = Entry::new(
+                seq,
+                Timestamp::from_micros(0),
+                Stream::Stdout,
+                Level::Info,
+                message,
+                LineEnd::None,
+            );
+            w.append(&e).unwrap();
+        }
+        w.flush().unwrap();
+        let index = w.index().to_vec();
+        // A point after every ~256 KiB: the third long line starts a new block.
+        assert_eq!(index.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 21]);
+        let loc = w.locator();
+        assert_eq!(loc.block_of(5), (0, Some(21)));
+        assert_eq!(loc.block_of(21), (21, None));
+        assert_eq!(loc.block_of(39), (21, None));
+        assert_eq!(scan_index(w.path()).unwrap().index, index);
     }
 }

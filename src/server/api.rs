@@ -445,17 +445,26 @@ fn logs(state: &AppState, id: &str, url: &str) -> Result<Reply, ApiError> {
     };
     let capture = run.capture();
     let total = capture.stats().entries;
-    let start = after_seq.map_or(0, |n| n.saturating_add(1));
-    let (logs, truncated) = if since.is_none() && after_seq.is_none() {
-        // The newest `tail` entries.
+    let mut page = LogsPage::default();
+    if since.is_none() && after_seq.is_none() {
+        // The newest `tail` entries, read forward in bounded batches; the oldest go when
+        // they no longer fit in the body.
         let from = total.saturating_sub(tail);
-        (capture.read(from, tail as usize).0, from > 0)
-    } else {
-        // Everything after the cursor (and since the time); the first `tail` of them.
-        let mut out = Vec::new();
-        let mut cursor = start;
-        let mut truncated = false;
+        page.truncated = from > 0;
+        let mut cursor = from;
         while cursor < total {
+            let (batch, _) = capture.read(cursor, 4096);
+            let Some(last) = batch.last() else { break };
+            cursor = last.seq + 1;
+            for e in batch.into_iter().filter(|e| e.seq < total) {
+                page.push_newest(e);
+            }
+        }
+    } else {
+        // Everything after the cursor (and since the time); the first `tail` of them, as
+        // many as fit in the body.
+        let mut cursor = after_seq.map_or(0, |n| n.saturating_add(1));
+        'read: while cursor < total {
             let (batch, _) = capture.read(cursor, 4096);
             let Some(last) = batch.last() else { break };
             cursor = last.seq + 1;
@@ -463,23 +472,78 @@ fn logs(state: &AppState, id: &str, url: &str) -> Result<Reply, ApiError> {
                 if since.is_some_and(|t| e.timestamp < t) {
                     continue;
                 }
-                if out.len() as u64 == tail {
-                    truncated = true;
-                    break;
+                if page.entries.len() as u64 == tail || !page.push_oldest(e) {
+                    page.truncated = true;
+                    break 'read;
                 }
-                out.push(e);
-            }
-            if truncated {
-                break;
             }
         }
-        (out, truncated)
-    };
-    let entries: Vec<&crate::Entry> = logs.iter().map(|e| e.as_ref()).collect();
-    Ok(json_reply(
-        200,
-        &json!({"run_id": run.id(), "logs": entries, "total_lines": total, "truncated": truncated}),
-    ))
+    }
+    Ok(Reply::Full(page.response(run.id(), total)))
+}
+
+/// Most bytes of entries one `/logs` answer carries: at most one entry more passes it.
+/// 500 lines of 64 KiB were a 74 MB body (and several times that while it was built).
+const MAX_LOGS_BODY_BYTES: usize = 4 << 20;
+
+/// The entries of one `/logs` answer, within [`MAX_LOGS_BODY_BYTES`].
+#[derive(Default)]
+struct LogsPage {
+    entries: std::collections::VecDeque<Arc<crate::Entry>>,
+    bytes: usize,
+    /// Entries that matched were left out (by `tail` or by bytes).
+    truncated: bool,
+    /// Entries were left out because of the byte cap.
+    by_bytes: bool,
+}
+
+impl LogsPage {
+    /// Adds `e` after the others, dropping the oldest that no longer fit.
+    fn push_newest(&mut self, e: Arc<crate::Entry>) {
+        self.bytes += e.json().len() + 1;
+        self.entries.push_back(e);
+        while self.bytes > MAX_LOGS_BODY_BYTES && self.entries.len() > 1 {
+            let old = self.entries.pop_front().expect("more than one");
+            self.bytes -= old.json().len() + 1;
+            self.truncated = true;
+            self.by_bytes = true;
+        }
+    }
+
+    /// Adds `e` after the others if it fits (the first always does); `false` if not.
+    fn push_oldest(&mut self, e: Arc<crate::Entry>) -> bool {
+        let size = e.json().len() + 1;
+        if !self.entries.is_empty() && self.bytes + size > MAX_LOGS_BODY_BYTES {
+            self.by_bytes = true;
+            return false;
+        }
+        self.bytes += size;
+        self.entries.push_back(e);
+        true
+    }
+
+    /// `{run_id, logs, total_lines, truncated, truncated_by_bytes, max_bytes}`, built from
+    /// the entries' shared encodings (a `serde_json::Value` of them would be a copy of
+    /// every message, several times its size).
+    fn response(&self, run_id: &str, total: u64) -> super::http::FullResponse {
+        let mut body = String::with_capacity(self.bytes + 256);
+        body.push_str("{\"run_id\":");
+        body.push_str(&json!(run_id).to_string());
+        body.push_str(",\"logs\":[");
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(e.json());
+        }
+        body.push_str(&format!(
+            "],\"total_lines\":{total},\"truncated\":{},\"truncated_by_bytes\":{},\"max_bytes\":{MAX_LOGS_BODY_BYTES}}}",
+            self.truncated, self.by_bytes
+        ));
+        Response::from_data(body.into_bytes())
+            .with_status_code(200)
+            .with_header(header("Content-Type", "application/json"))
+    }
 }
 
 /// Where a stream starts: `Last-Event-ID` (resume after it), `?after_seq=`, `?tail=`, or

@@ -160,3 +160,122 @@ fn runstream_runs_share_a_log_dir_but_a_server_waits_for_them() {
         "{list}"
     );
 }
+
+/// GETs `path` on a fresh connection and reads the whole answer in large reads (no
+/// per-byte work: these answers are tens of MB); returns its size and its last 1 MiB.
+fn read_all(port: u16, path: &str) -> (u64, Vec<u8>) {
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket.set_read_timeout(Some(PATIENCE * 4)).unwrap();
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    const KEEP: usize = 1 << 20;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut tail = Vec::with_capacity(2 * KEEP);
+    let mut total = 0u64;
+    loop {
+        let n = socket
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        if n == 0 {
+            return (total, tail);
+        }
+        total += n as u64;
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > KEEP {
+            tail.drain(..tail.len() - KEEP);
+        }
+    }
+}
+
+/// The id of the last `log` event in the end of an SSE body, and whether it completed.
+fn last_log_id(tail: &[u8]) -> (Option<u64>, bool) {
+    let text = String::from_utf8_lossy(tail);
+    let id = text
+        .rsplit("\nid: ")
+        .next()
+        .and_then(|rest| rest.split('\n').next())
+        .and_then(|n| n.parse().ok());
+    (id, text.contains("event: complete"))
+}
+
+#[test]
+fn memory_stays_bounded_by_bytes_with_30_mb_without_newlines_and_65_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_in(dir.path(), &data, &["--allow-commands"]);
+    let gate = dir.path().join("gate");
+    // 30 MB of random bytes without a line break: one logical line of ~470 cut pieces.
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done; head -c 31457280 /dev/urandom | tr -d '\\n\\r'",
+        gate.display()
+    );
+    let (code, run) = server.post("/api/runs", json!({"argv": ["sh", "-c", script]}));
+    assert_eq!(code, 202, "{run}");
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let stream = format!("/api/runs/{run_id}/logs/stream");
+    let port = server.port;
+
+    // 30 live clients connected first, then the output comes.
+    let live: Vec<_> = (0..30)
+        .map(|_| {
+            let stream = stream.clone();
+            std::thread::spawn(move || read_all(port, &stream))
+        })
+        .collect();
+    poll(PATIENCE, "30 streams to open", || {
+        let metrics = server.get_text("/metrics");
+        metrics
+            .lines()
+            .any(|l| l == "runstream_sse_clients 30")
+            .then_some(())
+    });
+    fs::write(&gate, "").unwrap();
+    let done = server.wait_finished(&run_id, PATIENCE * 10);
+    assert_eq!(done["status"], "completed", "{done}");
+    let logs = server.get(&format!("/api/runs/{run_id}/logs?tail=1"));
+    let last_seq = logs["total_lines"].as_u64().unwrap() - 1;
+    for reader in live {
+        let (bytes, tail) = reader.join().unwrap();
+        assert_eq!(last_log_id(&tail), (Some(last_seq), true), "{bytes} bytes");
+    }
+
+    // 30 replays and 5 downloads of the finished run at once.
+    let replays: Vec<_> = (0..30)
+        .map(|_| {
+            let stream = stream.clone();
+            std::thread::spawn(move || read_all(port, &stream))
+        })
+        .collect();
+    let download = format!("/api/runs/{run_id}/logs/download");
+    let downloads: Vec<_> = (0..5)
+        .map(|_| {
+            let download = download.clone();
+            std::thread::spawn(move || read_all(port, &download))
+        })
+        .collect();
+    for reader in replays {
+        let (bytes, tail) = reader.join().unwrap();
+        assert_eq!(last_log_id(&tail), (Some(last_seq), true), "{bytes} bytes");
+    }
+    for reader in downloads {
+        let (bytes, tail) = reader.join().unwrap();
+        assert!(bytes > 30_000_000, "{bytes}");
+        let text = String::from_utf8_lossy(&tail);
+        assert!(text.contains("[system] exited with code 0"), "{text}");
+    }
+    // The default `/logs` (tail=500) is capped by bytes, and says so.
+    let logs = server.get(&format!("/api/runs/{run_id}/logs"));
+    assert_eq!(logs["truncated_by_bytes"], true);
+    assert!(logs["logs"].as_array().unwrap().len() < 500);
+    assert_eq!(
+        logs["logs"].as_array().unwrap().last().unwrap()["seq"],
+        last_seq
+    );
+
+    let (rss, peak) = memory_kib(server.proc.pid());
+    println!("30 MB without newlines, 30 live + 30 replays + 5 downloads: server VmRSS {rss} KiB, VmHWM {peak} KiB");
+    assert!(peak < 150 * 1024, "VmHWM (peak) {peak} KiB");
+}
