@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::logfile::{IndexPoint, LogLocator};
+use crate::storage::StorageHealth;
 use crate::{Entry, RunStatus};
 
 /// Most entries one `Subscription::next` or `read` call hands out, so one call never
@@ -120,6 +121,12 @@ pub struct OutputCapture {
     cache_id: u64,
     /// Where each announced status is saved (`{run_id}.json`), when there is a log dir.
     status_file: Option<PathBuf>,
+    /// Whether the last save of the status failed (a full disk): it is saved again at
+    /// the next change, the run's end, when the directory takes writes again, and at
+    /// shutdown. Also serialises the saves.
+    unsaved: Mutex<bool>,
+    /// Where write failures are reported.
+    storage: Arc<StorageHealth>,
 }
 
 #[derive(Debug)]
@@ -163,14 +170,14 @@ impl OutputCapture {
         max_entries: usize,
         max_bytes: usize,
         status_file: Option<PathBuf>,
+        storage: Arc<StorageHealth>,
     ) -> OutputCapture {
-        if let Some(path) = &status_file {
-            crate::logfile::save_status(path, &status);
-        }
         static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         OutputCapture {
             cache_id: NEXT_CACHE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             status_file,
+            unsaved: Mutex::new(false),
+            storage,
             state: Mutex::new(CaptureState {
                 entries: VecDeque::new(),
                 retained_bytes: 0,
@@ -195,7 +202,7 @@ impl OutputCapture {
     /// its log (which reached its size limit) are reported as a gap.
     pub(crate) fn from_log(status: RunStatus, log: LogLocator, entries: u64) -> OutputCapture {
         let total = status.total_entries.unwrap_or(entries).max(entries);
-        let capture = OutputCapture::new(status, 1, 0, None);
+        let capture = OutputCapture::new(status, 1, 0, None, Arc::default());
         {
             let mut s = capture.lock();
             s.next_seq = total;
@@ -259,10 +266,66 @@ impl OutputCapture {
             s.transitions.push((at, snapshot.clone()));
             drop(s);
             self.changed.notify_all();
-            if let Some(path) = &self.status_file {
-                crate::logfile::save_status(path, &snapshot);
+            let _ = self.save_status();
+        }
+    }
+
+    /// Saves the current status to `{run_id}.json` (when there is a log directory).
+    /// A failure is logged and reported to the engine's storage health, and the status
+    /// is saved again later (see [`OutputCapture::save_if_unsaved`]).
+    pub(crate) fn save_status(&self) -> std::io::Result<()> {
+        let Some(path) = &self.status_file else {
+            return Ok(());
+        };
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        // The newest status, not the caller's: saves may come from several threads.
+        let status = self.lock().current.clone();
+        let saved = crate::logfile::save_status(path, &status);
+        match &saved {
+            Ok(None) => {
+                if *unsaved {
+                    log::info!("saved run status {} again", path.display());
+                }
+                self.storage.ok();
+            }
+            // Saved, but the directory takes no new data.
+            Ok(Some(e)) => self.storage.failed(format!(
+                "cannot save {} (saved in place): {e}",
+                path.display()
+            )),
+            Err(e) => {
+                if !*unsaved {
+                    log::error!("cannot save run status {}: {e}", path.display());
+                }
+                self.storage
+                    .failed(format!("cannot save {}: {e}", path.display()));
             }
         }
+        *unsaved = saved.is_err();
+        saved.map(drop)
+    }
+
+    /// Saves the status again if its last save failed; `false` if it still fails.
+    pub(crate) fn save_if_unsaved(&self) -> bool {
+        let unsaved = *self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        !unsaved || self.save_status().is_ok()
+    }
+
+    /// The ring's entries from `seq` on (cheap `Arc` clones), and the seq of the first
+    /// one returned (the next seq when none is): what is left to write to a log that
+    /// failed at `seq`. Entries below that seq were evicted.
+    pub(crate) fn ring_from(&self, seq: u64) -> (Vec<Arc<Entry>>, u64) {
+        let s = self.lock();
+        let first = s.first_seq();
+        let skip = seq.saturating_sub(first) as usize;
+        let entries: Vec<Arc<Entry>> = s.entries.iter().skip(skip).cloned().collect();
+        let from = entries.first().map_or(s.next_seq, |e| e.seq);
+        (entries, from)
+    }
+
+    /// Where write failures are reported.
+    pub(crate) fn storage(&self) -> &Arc<StorageHealth> {
+        &self.storage
     }
 
     /// Records the run's GPU memory and tells subscribers.
@@ -282,12 +345,13 @@ impl OutputCapture {
         change(&mut s.current);
         s.current.refresh_duration();
         s.current.total_entries = Some(s.next_seq);
+        drop(s);
+        // Saved before anyone is told (the run thread appends nothing more), so a
+        // finished run is finished on disk too.
+        let _ = self.save_status();
+        let mut s = self.lock();
         let at = s.next_seq;
         let snapshot = s.current.clone();
-        // Saved before anyone is told, so a finished run is finished on disk too.
-        if let Some(path) = &self.status_file {
-            crate::logfile::save_status(path, &snapshot);
-        }
         s.transitions.push((at, snapshot));
         s.finished = true;
         if s.log.is_some() && s.log_end.is_none() {
@@ -301,23 +365,23 @@ impl OutputCapture {
         self.changed.notify_all();
     }
 
-    /// The log file will get no more entries (it reached its size limit): entries after
-    /// those captured so far live in the ring only, so the ring is kept when the run
-    /// finishes.
+    /// The log file gets no more entries for now (it reached its size limit, or a write
+    /// failed): entries after those captured so far live in the ring only, so the ring is
+    /// kept when the run finishes.
     pub(crate) fn log_stops_growing(&self) {
         let mut s = self.lock();
         s.log_end = Some(s.next_seq);
     }
 
+    /// The log file is written again: it has the ring's entries (those evicted since it
+    /// stopped are a hole in it, which readers see as a `Gap`).
+    pub(crate) fn log_resumes(&self) {
+        self.lock().log_end = None;
+    }
+
     /// Most entries the ring keeps.
     pub(crate) fn max_entries(&self) -> usize {
         self.lock().max_entries
-    }
-
-    /// The log file failed: stop reading evicted entries back from it (readers that fall
-    /// behind now get a `Gap`).
-    pub(crate) fn forget_log(&self) {
-        self.lock().log = None;
     }
 
     /// The current status (with `duration_seconds` as of now).
@@ -405,28 +469,39 @@ impl OutputCapture {
         to: u64,
         on_disk: u64,
     ) -> std::io::Result<Vec<Arc<Entry>>> {
-        let (block_start, next_block) = log.block_of(from);
-        let block_end = next_block.map_or(on_disk, |n| n.min(on_disk));
-        let key = (self.cache_id, block_start);
-        let cached = cold_blocks().get(key, block_end.min(to));
-        let block = match cached {
-            Some(block) => block,
-            None => {
-                // Bounded by construction: an index point starts a block at least every
-                // `BLOCK_BYTES` of file.
-                let block: Block = log
-                    .read(block_start, block_end, usize::MAX, u64::MAX)?
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect();
-                cold_blocks().insert(key, Arc::clone(&block), block_end);
-                block
+        let mut from = from;
+        loop {
+            let (block_start, next_block) = log.block_of(from);
+            let block_end = next_block.map_or(on_disk, |n| n.min(on_disk));
+            let block = self.block(log, block_start, block_end, to)?;
+            let lo = block.partition_point(|e| e.seq < from);
+            let hi = block.partition_point(|e| e.seq < to);
+            if lo == hi && block_end < to {
+                // The rest of this block is a hole in the log: on to the next.
+                from = block_end;
+                continue;
             }
-        };
-        let lo = block.partition_point(|e| e.seq < from);
-        let hi = block.partition_point(|e| e.seq < to);
-        let take = batch_len(block[lo..hi].iter(), MAX_BATCH);
-        Ok(block[lo..lo + take].to_vec())
+            let take = batch_len(block[lo..hi].iter(), MAX_BATCH);
+            return Ok(block[lo..lo + take].to_vec());
+        }
+    }
+
+    /// The decoded block `start..end`, from the cache when it holds it up to `needed`.
+    fn block(&self, log: &LogLocator, start: u64, end: u64, needed: u64) -> std::io::Result<Block> {
+        let key = (self.cache_id, start);
+        let cached = cold_blocks().get(key, end.min(needed));
+        if let Some(block) = cached {
+            return Ok(block);
+        }
+        // Bounded by construction: an index point starts a block at least every
+        // `BLOCK_BYTES` of file.
+        let block: Block = log
+            .read(start, end, usize::MAX, u64::MAX)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        cold_blocks().insert(key, Arc::clone(&block), end);
+        Ok(block)
     }
 
     /// A subscription on `capture` starting at `from`.
@@ -584,21 +659,38 @@ impl Subscription {
                     if let Some(log) = s.log.clone().filter(|_| from_seq < on_disk) {
                         drop(s);
                         let to = on_disk.min(entry_limit);
-                        match self.capture.read_back(&log, from_seq, to, on_disk) {
-                            Ok(got) if !got.is_empty() => {
-                                self.cursor += got.len() as u64;
+                        let got = self.capture.read_back(&log, from_seq, to, on_disk);
+                        let first_read = got.as_ref().ok().and_then(|g| g.first()).map(|e| e.seq);
+                        let lost_to = match (got, first_read) {
+                            (Ok(mut got), Some(seq)) if seq == from_seq => {
+                                // Up to a hole in the log, if there is one in the batch.
+                                let n = got
+                                    .windows(2)
+                                    .position(|w| w[1].seq != w[0].seq + 1)
+                                    .map_or(got.len(), |i| i + 1);
+                                got.truncate(n);
+                                self.cursor = got[n - 1].seq + 1;
                                 return Next::Entries(got);
                             }
-                            Ok(_) | Err(_) => {
+                            // A hole in the log (entries a full disk kept out of it).
+                            (Ok(_), Some(seq)) => seq,
+                            (Ok(_), None) => to,
+                            (Err(e), _) => {
                                 log::warn!(
-                                    "could not read back entries {from_seq}..{to} from {}",
+                                    "could not read back entries {from_seq}..{to} from {}: {e}",
                                     log.path.display()
                                 );
-                                s = self.capture.lock();
+                                to
                             }
-                        }
+                        };
+                        self.capture.lock().dropped += lost_to - from_seq;
+                        self.cursor = lost_to;
+                        return Next::Gap {
+                            from_seq,
+                            to_seq: lost_to - 1,
+                        };
                     }
-                    // No log, or the log failed us: report what is lost.
+                    // Evicted, and not in the log: report what is lost.
                     let first = s.first_seq();
                     s.dropped += first - from_seq;
                     self.cursor = first;

@@ -14,7 +14,8 @@ use crate::admission::Admission;
 use crate::capture::{OutputCapture, Subscription};
 use crate::gpu::GpuMonitor;
 use crate::run::{self, Control, RunContext, StopReason};
-use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
+use crate::storage::StorageHealth;
+use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, StorageReport, Timestamp};
 
 /// Runs child processes, captures their output and stops them. Sync and thread-based:
 /// each run has one thread that owns its state, plus one reader thread per pipe and one
@@ -42,6 +43,8 @@ pub struct Engine {
     gpu: Arc<GpuMonitor>,
     runs: Mutex<Registry>,
     accepting: AtomicBool,
+    /// Whether the log directory takes writes.
+    storage: Arc<StorageHealth>,
 }
 
 #[derive(Default)]
@@ -61,6 +64,14 @@ pub enum SubmitError {
     InvalidSpec(String),
     /// The run's thread could not be started.
     Thread(std::io::Error),
+    /// The run could not be recorded in the log directory (a full disk): it was not
+    /// started, rather than started and forgotten at the next restart.
+    Storage {
+        /// The status file that could not be written.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for SubmitError {
@@ -69,6 +80,11 @@ impl fmt::Display for SubmitError {
             SubmitError::ShuttingDown => write!(f, "the engine is shutting down"),
             SubmitError::InvalidSpec(why) => write!(f, "invalid run spec: {why}"),
             SubmitError::Thread(_) => write!(f, "could not start the run's thread"),
+            SubmitError::Storage { path, source } => write!(
+                f,
+                "cannot record the run: writing {} failed: {source}",
+                path.display()
+            ),
         }
     }
 }
@@ -76,7 +92,7 @@ impl fmt::Display for SubmitError {
 impl StdError for SubmitError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            SubmitError::Thread(e) => Some(e),
+            SubmitError::Thread(e) | SubmitError::Storage { source: e, .. } => Some(e),
             _ => None,
         }
     }
@@ -109,6 +125,7 @@ impl Engine {
             config: Arc::new(config),
             runs: Mutex::new(Registry::default()),
             accepting: AtomicBool::new(true),
+            storage: Arc::default(),
         }
     }
 
@@ -163,14 +180,24 @@ impl Engine {
             gpu_memory_peak_bytes: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
+            log_complete: self.config.log_dir.as_ref().map(|_| true),
+            log_missing_from: None,
         };
         let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
         let capture = Arc::new(OutputCapture::new(
             status,
             self.config.ring_max_entries,
             self.config.ring_max_bytes,
-            status_file,
+            status_file.clone(),
+            Arc::clone(&self.storage),
         ));
+        if let Err(source) = capture.save_status() {
+            self.admission.withdraw(ticket.id);
+            return Err(SubmitError::Storage {
+                path: status_file.unwrap_or_default(),
+                source,
+            });
+        }
         let (control_tx, control_rx) = unbounded();
         let handle = RunHandle {
             inner: Arc::new(RunInner {
@@ -278,12 +305,40 @@ impl Engine {
                 all_done = false;
             }
         }
-        if all_done {
-            return true;
+        if !all_done {
+            let until = Instant::now() + Duration::from_secs(5);
+            all_done = runs
+                .iter()
+                .all(|run| run.capture().wait_finished(Some(until)).is_some());
         }
-        let until = Instant::now() + Duration::from_secs(5);
-        runs.iter()
-            .all(|run| run.capture().wait_finished(Some(until)).is_some())
+        // A status that could not be saved (a full disk) gets one more try.
+        for run in &runs {
+            if !run.capture().save_if_unsaved() {
+                log::error!("run {}: its last status could not be saved", run.id());
+            }
+        }
+        all_done
+    }
+
+    /// Whether the log directory takes writes. While writes fail, each call probes the
+    /// directory; once it takes writes again, run statuses whose save failed are saved.
+    pub fn storage(&self) -> StorageReport {
+        let dir = self.config.log_dir.clone();
+        if let Some(d) = dir.as_deref().filter(|_| self.storage.failure().is_some()) {
+            if self.storage.probe(d) {
+                for run in self.list() {
+                    run.capture().save_if_unsaved();
+                }
+            }
+        }
+        let failure = self.storage.failure();
+        StorageReport {
+            writable: failure.is_none(),
+            free_bytes: dir.as_deref().and_then(crate::storage::free_bytes),
+            log_dir: dir,
+            failing_since: failure.as_ref().map(|f| f.1),
+            error: failure.map(|f| f.0),
+        }
     }
 }
 

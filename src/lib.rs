@@ -54,6 +54,7 @@ mod run;
 pub mod server;
 mod spec;
 mod status;
+mod storage;
 mod timestamp;
 
 /// The README's Rust examples, compiled and run as doc tests.
@@ -69,4 +70,5 @@ pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};
+pub use storage::StorageReport;
 pub use timestamp::Timestamp;

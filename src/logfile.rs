@@ -2,7 +2,7 @@
 //! entries back from it by seq.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::{Entry, RunStatus};
@@ -35,10 +35,16 @@ fn starts_block(last: Option<&IndexPoint>, seq: u64, offset: u64) -> bool {
 #[derive(Debug)]
 pub(crate) struct LogWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    file: File,
+    /// Lines not written to the file yet (at most about `WRITE_BUFFER`).
+    buf: Vec<u8>,
+    /// Bytes appended so far, buffered ones included.
     written: u64,
     index: Vec<IndexPoint>,
 }
+
+/// Lines are written to the file in pieces of about this size.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 impl LogWriter {
     /// Creates (truncates) the log file.
@@ -46,13 +52,15 @@ impl LogWriter {
         let file = File::create(&path)?;
         Ok(LogWriter {
             path,
-            out: BufWriter::with_capacity(256 * 1024, file),
+            file,
+            buf: Vec::with_capacity(WRITE_BUFFER),
             written: 0,
             index: Vec::new(),
         })
     }
 
-    /// Appends one entry. Entries must come in seq order.
+    /// Appends one entry. Entries must come in seq order (a jump is a hole: entries that
+    /// could not be written).
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
         if starts_block(self.index.last(), entry.seq, self.written) {
             self.index.push(IndexPoint {
@@ -60,15 +68,51 @@ impl LogWriter {
                 offset: self.written,
             });
         }
-        self.out.write_all(entry.json().as_bytes())?;
-        self.out.write_all(b"\n")?;
+        self.buf.extend_from_slice(entry.json().as_bytes());
+        self.buf.push(b'\n');
         self.written += entry.json().len() as u64 + 1;
+        if self.buf.len() >= WRITE_BUFFER {
+            self.flush()?;
+        }
         Ok(())
     }
 
     /// Pushes buffered lines to the file, so readers see them.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.file.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Appends `entries` and flushes them, all or none: when a write fails (a full disk),
+    /// the file is cut back to where it was, so it never ends in a torn line and the same
+    /// entries can be written again later. An error that says "cannot cut" means the log
+    /// cannot be used any more.
+    pub fn append_all<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> io::Result<()> {
+        let (len, points) = (self.written - self.buf.len() as u64, self.index.len());
+        let result = entries
+            .into_iter()
+            .try_for_each(|e| self.append(e))
+            .and_then(|()| self.flush());
+        let Err(e) = result else { return Ok(()) };
+        self.buf.clear();
+        self.written = len;
+        self.index.truncate(points);
+        // Shrinking frees blocks, so it works on a full disk too.
+        let cut = self
+            .file
+            .set_len(len)
+            .and_then(|()| self.file.seek(SeekFrom::Start(len)).map(drop));
+        match cut {
+            Ok(()) => Err(e),
+            Err(cut) => Err(io::Error::new(
+                e.kind(),
+                format!("{e}, and cannot cut the log back to {len} bytes: {cut}"),
+            )),
+        }
     }
 
     /// A cheap description of where to find entries, for readers on other threads.
@@ -181,17 +225,50 @@ pub(crate) fn read_range(
     Ok(out)
 }
 
+/// Status files are padded with spaces to a multiple of this, so that a later status
+/// usually fits in the space the file already has (see [`save_status`]). A file system
+/// gives a small file a whole block anyway.
+const STATUS_FILE_BLOCK: usize = 4096;
+
 /// Saves a run's status as `{run_id}.json`: written to a temporary file and renamed, so
-/// a crash never leaves half a file. Failures are logged, not fatal: the run goes on.
-pub(crate) fn save_status(path: &Path, status: &RunStatus) {
+/// a crash never leaves half a file. When that fails (a full disk), the existing file is
+/// overwritten in place, in the blocks it already has (it was padded for that): the final
+/// status of a run that ends while the disk is full still gets to disk.
+///
+/// Returns the error of the normal save when the status was saved in place.
+pub(crate) fn save_status(path: &Path, status: &RunStatus) -> io::Result<Option<io::Error>> {
+    let mut bytes = serde_json::to_vec_pretty(status).map_err(io::Error::from)?;
+    let padded = (bytes.len() + 1).div_ceil(STATUS_FILE_BLOCK) * STATUS_FILE_BLOCK;
+    bytes.resize(padded - 1, b' ');
+    bytes.push(b'\n');
     let tmp = path.with_extension("json.tmp");
-    let written = serde_json::to_vec_pretty(status)
-        .map_err(io::Error::from)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        log::error!("cannot save run status {}: {e}", path.display());
+    let renamed = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let Err(e) = renamed else { return Ok(None) };
+    let _ = std::fs::remove_file(&tmp);
+    match overwrite_in_place(path, &bytes) {
+        Ok(()) => Ok(Some(e)),
+        Err(in_place) => Err(io::Error::new(
+            e.kind(),
+            format!("{e} (and in place: {in_place})"),
+        )),
     }
+}
+
+/// Writes `bytes` over the start of the existing file `path` if they fit in its length,
+/// padding the rest with spaces (JSON allows trailing whitespace).
+fn overwrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = file.metadata()?.len() as usize;
+    if bytes.len() > len {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{} bytes do not fit in the file's {len}", bytes.len()),
+        ));
+    }
+    let mut padded = bytes.to_vec();
+    padded.resize(len, b' ');
+    padded[len - 1] = b'\n';
+    file.write_all(&padded)
 }
 
 /// What [`scan_index`] finds in an existing log.

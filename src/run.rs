@@ -177,6 +177,12 @@ fn run(ctx: RunContext) {
         }
     });
     let mut out = Output::new(&ctx, log);
+    if log_error.is_some() {
+        ctx.capture.update_status(false, |s| {
+            s.log_complete = Some(false);
+            s.log_missing_from = Some(0);
+        });
+    }
     if let Some(why) = log_error {
         // Said in the run itself: its readers rely on the log to resume from any seq.
         out.system(
@@ -230,7 +236,20 @@ struct Output {
     /// Per stream (stdout, stderr): the level of the line whose text went out as `none`
     /// pieces so far, if one is open.
     open_line_level: [Option<Level>; 2],
+    /// Set while the log cannot be written (a full disk).
+    log_failure: Option<LogFailure>,
 }
+
+/// The log file could not be written: entries from `first_missing` on are in memory only.
+struct LogFailure {
+    first_missing: u64,
+    /// When to try again (at the first commit from then on, and at every `system` entry,
+    /// the run's last one included).
+    retry_at: Instant,
+}
+
+/// How often a log that could not be written is tried again while output comes.
+const LOG_RETRY: Duration = Duration::from_secs(1);
 
 impl Output {
     fn new(ctx: &RunContext, log: Option<LogWriter>) -> Output {
@@ -246,6 +265,7 @@ impl Output {
             stderr_tail: VecDeque::new(),
             progress: None,
             open_line_level: [None, None],
+            log_failure: None,
         }
     }
 
@@ -292,9 +312,13 @@ impl Output {
         }
     }
 
-    /// Adds one of the engine's own entries and sends it on at once.
+    /// Adds one of the engine's own entries and sends it on at once. A log that could not
+    /// be written is tried again with it (the run's last entry is a system entry).
     fn system(&mut self, level: Level, message: String) {
         log::debug!("{}: {message}", self.run_id);
+        if let Some(failure) = self.log_failure.as_mut() {
+            failure.retry_at = Instant::now();
+        }
         self.push(
             Stream::System,
             level,
@@ -311,21 +335,7 @@ impl Output {
         if self.batch.is_empty() {
             return;
         }
-        if let Some(log) = self.log.as_mut() {
-            let written = self
-                .batch
-                .iter()
-                .try_for_each(|e| log.append(e))
-                .and_then(|()| log.flush());
-            if let Err(e) = written {
-                log::error!(
-                    "run log {} failed, going on without it: {e}",
-                    log.path().display()
-                );
-                self.log = None;
-                self.capture.forget_log();
-            }
-        }
+        let news = self.write_log();
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         self.batch_log_bytes = 0;
@@ -335,6 +345,77 @@ impl Output {
             self.capture
                 .update_status(false, |s| s.progress_percent = Some(p));
         }
+        if let Some((level, message)) = news {
+            self.system(level, message);
+        }
+    }
+
+    /// Writes the batch to the log; after a failure, first what the log missed (from
+    /// the ring), once the retry is due. Returns what to tell the run's readers, if the
+    /// log just failed or came back.
+    fn write_log(&mut self) -> Option<(Level, String)> {
+        let log = self.log.as_mut()?;
+        let Some(failure) = &mut self.log_failure else {
+            let Err(e) = log.append_all(&self.batch) else {
+                return None;
+            };
+            let first_missing = self.batch[0].seq;
+            let what = format!("cannot write the run's log {}: {e}", log.path().display());
+            log::error!("{}: {what}", self.run_id);
+            self.capture.storage().failed(what.clone());
+            self.log_failure = Some(LogFailure {
+                first_missing,
+                retry_at: Instant::now() + LOG_RETRY,
+            });
+            // Before this batch reaches the capture: readers find it in the ring only.
+            self.capture.log_stops_growing();
+            self.capture.update_status(true, |s| {
+                s.log_complete = Some(false);
+                s.log_missing_from.get_or_insert(first_missing);
+            });
+            return Some((
+                Level::Error,
+                format!(
+                    "{what}; output from seq {first_missing} on is kept in memory only (the                      last {} lines) and written to the log when it can be again",
+                    self.capture.max_entries()
+                ),
+            ));
+        };
+        if Instant::now() < failure.retry_at {
+            return None;
+        }
+        let first_missing = failure.first_missing;
+        let (missed, kept_from) = self.capture.ring_from(first_missing);
+        let again = missed.iter().map(|e| e.as_ref()).chain(&self.batch);
+        if log.append_all(again).is_err() {
+            failure.retry_at = Instant::now() + LOG_RETRY;
+            return None;
+        }
+        self.log_failure = None;
+        self.capture.log_resumes();
+        self.capture.storage().ok();
+        log::info!("{}: the run's log is written again", self.run_id);
+        if kept_from > first_missing {
+            return Some((
+                Level::Warning,
+                format!(
+                    "the run's log is written again from seq {kept_from}; entries                      {first_missing} to {} left memory before they could be written and                      are missing from it",
+                    kept_from - 1
+                ),
+            ));
+        }
+        self.capture.update_status(true, |s| {
+            if s.log_missing_from == Some(first_missing) {
+                s.log_complete = Some(true);
+                s.log_missing_from = None;
+            }
+        });
+        Some((
+            Level::Info,
+            format!(
+                "the run's log is written again: entries {first_missing} on were written                  from memory, none is missing"
+            ),
+        ))
     }
 
     /// Whether `bytes` more (one entry's line) would take the log past `max_log_bytes`,
@@ -361,6 +442,11 @@ impl Output {
         self.system(Level::Warning, message);
         self.capture.log_stops_growing();
         self.log = None;
+        let next = self.next_seq;
+        self.capture.update_status(false, |s| {
+            s.log_complete = Some(false);
+            s.log_missing_from.get_or_insert(next);
+        });
     }
 
     /// The last stderr lines, at most `ERROR_MESSAGE_CHARS` characters, newest kept.

@@ -118,6 +118,15 @@ pub struct RunStatus {
     /// may hold fewer, when it reached `EngineConfig::max_log_bytes`.
     #[serde(default)]
     pub total_entries: Option<u64>,
+    /// Whether the run's log file holds every entry so far: `false` once a write failed
+    /// (a full disk: the entries stay in memory and are written when there is room again;
+    /// if the ring let some go first, they are missing for good) or once the log reached
+    /// `EngineConfig::max_log_bytes`. `None` without a log file.
+    #[serde(default)]
+    pub log_complete: Option<bool>,
+    /// The first seq missing from the log file, when `log_complete` is `false`.
+    #[serde(default)]
+    pub log_missing_from: Option<u64>,
 }
 
 impl RunStatus {

@@ -778,7 +778,7 @@ fn a_line_that_keeps_growing_is_still_shown_while_it_grows() {
 }
 
 #[test]
-fn an_unusable_log_dir_is_said_in_the_run_and_a_zero_timeout_is_none() {
+fn a_run_that_cannot_be_recorded_is_refused_and_a_zero_timeout_is_none() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
@@ -786,15 +786,20 @@ fn an_unusable_log_dir_is_said_in_the_run_and_a_zero_timeout_is_none() {
         log_dir: Some(file.join("runs")), // under a regular file: cannot be created
         ..EngineConfig::default()
     });
-    let run = engine
+    // Refused, not started and forgotten (issue 10): nothing would know of it later.
+    match engine.submit(sh("echo never")) {
+        Err(e @ runstream::SubmitError::Storage { .. }) => {
+            assert!(e.to_string().contains("cannot record the run"), "{e}");
+            assert!(e.to_string().contains("a-file/runs"), "{e}");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert!(engine.list().is_empty());
+    let plain = crate::util::engine();
+    let run = plain
         .submit(sh("sleep 0.2; echo done").timeout(Duration::ZERO))
         .unwrap();
     let (entries, status) = collect(&run);
     assert_eq!(status.status, RunState::Completed, "zero is no timeout");
     assert_eq!(texts(&entries, Stream::Stdout), ["done"]);
-    let system = texts(&entries, Stream::System);
-    assert!(
-        system[0].starts_with("cannot create the run's log"),
-        "{system:?}"
-    );
 }

@@ -184,8 +184,23 @@ fn find(state: &AppState, id: &str) -> Result<RunHandle, ApiError> {
 
 fn health(state: &AppState) -> Value {
     let (live, _) = state.engine.counts();
+    let storage = state.engine.storage();
+    let status = if state.shutting_down.load(Ordering::SeqCst) {
+        "shutting_down"
+    } else if !storage.writable {
+        "degraded"
+    } else {
+        "healthy"
+    };
     json!({
-        "status": if state.shutting_down.load(Ordering::SeqCst) { "shutting_down" } else { "healthy" },
+        "status": status,
+        "data_dir": {
+            "path": storage.log_dir,
+            "writable": storage.writable,
+            "error": storage.error,
+            "failing_since": storage.failing_since,
+            "free_bytes": storage.free_bytes,
+        },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "active_runs": live,
@@ -231,6 +246,12 @@ fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
             "the server is shutting down",
         )),
         Err(e @ crate::SubmitError::InvalidSpec(_)) => Err(ApiError::validation(e.to_string())),
+        // Refused rather than started and forgotten: after a restart it would be unknown.
+        Err(e @ crate::SubmitError::Storage { .. }) => Err(ApiError::new(
+            507,
+            "INSUFFICIENT_STORAGE",
+            format!("{e} (is the data directory's disk full?)"),
+        )),
         Err(e) => Err(ApiError::new(500, "INTERNAL_ERROR", e.to_string())),
     }
 }

@@ -42,6 +42,8 @@ pub fn run_json(status: &RunStatus) -> Value {
         "gpu_memory_bytes": status.gpu_memory_bytes,
         "gpu_memory_peak_bytes": status.gpu_memory_peak_bytes,
         "waiting_for": status.waiting_for,
+        "log_complete": status.log_complete,
+        "log_missing_from": status.log_missing_from,
         "labels": labels,
     })
 }

@@ -21,6 +21,14 @@ pub fn recover(engine: &Engine, dir: &Path, grace: Duration) -> (usize, usize) {
     let mut statuses: Vec<RunStatus> = entries
         .flatten()
         .map(|e| e.path())
+        .filter(|p| {
+            // A save cut short (a full disk) left it; the status file is still whole.
+            let tmp = p.to_string_lossy().ends_with(".json.tmp");
+            if tmp {
+                let _ = std::fs::remove_file(p);
+            }
+            !tmp
+        })
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter_map(|p| {
             let text = std::fs::read_to_string(&p).ok()?;
@@ -67,7 +75,11 @@ pub fn recover(engine: &Engine, dir: &Path, grace: Duration) -> (usize, usize) {
                     .unwrap_or_else(Timestamp::now),
             );
             status.refresh_duration();
-            crate::logfile::save_status(&dir.join(format!("{}.json", status.run_id)), &status);
+            let path = dir.join(format!("{}.json", status.run_id));
+            let saved = crate::logfile::save_status(&path, &status);
+            if let Err(e) = saved.and_then(|in_place| in_place.map_or(Ok(()), Err)) {
+                log::error!("cannot save run status {}: {e}", path.display());
+            }
         }
         let log = dir.join(format!("{}.jsonl", status.run_id));
         let id = status.run_id.clone();

@@ -19,8 +19,8 @@ pub fn run(args: RunArgs) -> i32 {
         eprintln!("runstream: cannot write to stdout: {e}");
         return 1;
     }
-    // The engine only logs an error when it cannot write the log and runs the command
-    // anyway; whoever asked for the log to be kept should learn before anything starts.
+    // Whoever asked for the log to be kept should learn what is wrong with the directory
+    // before anything starts (the engine would refuse the run with a less specific error).
     // Shared: several `runstream run`s may write their runs into one directory, but not
     // into a server's, whose crash recovery would take a live run here for a lost one.
     let _dir_lock = match &args.log_dir {
