@@ -578,6 +578,7 @@ fn keep_alives_flow_and_departed_clients_are_noticed() {
 
 #[test]
 fn fan_out_200_clients_each_get_every_line_once_in_order() {
+    let _heavy = crate::util::heavy_test();
     let s = start();
     let id = s.start_module("gated_big", json!({}));
     // One client that never reads: it must not delay the others or the child.

@@ -749,6 +749,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 
 #[test]
 fn memory_stays_within_the_ring_caps_for_two_million_lines() {
+    let _heavy = crate::util::heavy_test();
     let dir = tempfile::tempdir().unwrap();
     let modules = write_modules(
         dir.path(),

@@ -13,6 +13,14 @@ use runstream::{
 /// hanging, and a slow machine does not make a passing test fail.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Held by the tests that load the machine most (tens of MB through hundreds of streams),
+/// so that they run one at a time: together they starved each other past `PATIENCE`.
+#[cfg(unix)]
+pub fn heavy_test() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An engine keeping at most `ring_max_entries` in memory and the full output in `dir`.
 #[cfg(unix)]
 pub fn engine_with_log(dir: &std::path::Path, ring_max_entries: usize) -> Engine {

@@ -203,6 +203,7 @@ fn last_log_id(tail: &[u8]) -> (Option<u64>, bool) {
 
 #[test]
 fn memory_stays_bounded_by_bytes_with_30_mb_without_newlines_and_65_readers() {
+    let _heavy = crate::util::heavy_test();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = Server::start_in(dir.path(), &data, &["--allow-commands"]);
