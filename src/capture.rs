@@ -473,7 +473,7 @@ impl OutputCapture {
         loop {
             let (block_start, next_block) = log.block_of(from);
             let block_end = next_block.map_or(on_disk, |n| n.min(on_disk));
-            let block = self.block(log, block_start, block_end, to)?;
+            let block = self.block(log, block_start, block_end, from)?;
             let lo = block.partition_point(|e| e.seq < from);
             let hi = block.partition_point(|e| e.seq < to);
             if lo == hi && block_end < to {
@@ -486,19 +486,26 @@ impl OutputCapture {
         }
     }
 
-    /// The decoded block `start..end`, from the cache when it holds it up to `needed`.
-    fn block(&self, log: &LogLocator, start: u64, end: u64, needed: u64) -> std::io::Result<Block> {
+    /// The decoded block `start..end`, from the cache when its copy holds an entry at or
+    /// after `from` (a shorter copy of the last, growing block of a live log is fine: the
+    /// reader comes back for the rest). Otherwise the copy is extended: only lines not
+    /// decoded yet are read.
+    fn block(&self, log: &LogLocator, start: u64, end: u64, from: u64) -> std::io::Result<Block> {
         let key = (self.cache_id, start);
-        let cached = cold_blocks().get(key, end.min(needed));
-        if let Some(block) = cached {
-            return Ok(block);
-        }
+        let cached = cold_blocks().get(key);
+        let (old, read_to) = match cached {
+            Some((block, _)) if block.last().is_some_and(|e| e.seq >= from) => return Ok(block),
+            Some((block, read_to)) if read_to >= end => return Ok(block),
+            Some((block, read_to)) => (Some(block), read_to),
+            None => (None, start),
+        };
         // Bounded by construction: an index point starts a block at least every
         // `BLOCK_BYTES` of file.
-        let block: Block = log
-            .read(start, end, usize::MAX, u64::MAX)?
-            .into_iter()
-            .map(Arc::new)
+        let more = log.read(read_to, end, usize::MAX, u64::MAX)?;
+        let block: Block = old
+            .iter()
+            .flat_map(|b| b.iter().cloned())
+            .chain(more.into_iter().map(Arc::new))
             .collect();
         cold_blocks().insert(key, Arc::clone(&block), end);
         Ok(block)
@@ -560,18 +567,15 @@ struct ColdBlocks {
 }
 
 impl ColdBlocks {
-    /// The block `key`, if it was read up to `needed` at least (the last block of a live
-    /// log grows: an older, shorter copy is read again).
-    fn get(&mut self, key: (u64, u64), needed: u64) -> Option<Block> {
+    /// The block `key` and the seq it was read up to (the last block of a live log grows:
+    /// its copy may be shorter than the block is now).
+    fn get(&mut self, key: (u64, u64)) -> Option<(Block, u64)> {
         // Readers of one history move forward together: the block is usually near the back.
         let pos = self.blocks.iter().rposition(|b| b.0 == key)?;
-        if self.blocks[pos].2 < needed {
-            return None;
-        }
         let hit = self.blocks.remove(pos)?;
-        let block = Arc::clone(&hit.1);
+        let found = (Arc::clone(&hit.1), hit.2);
         self.blocks.push_back(hit);
-        Some(block)
+        Some(found)
     }
 
     /// Adds (or replaces with a longer copy) the block `key`, read up to `read_to`.
