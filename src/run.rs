@@ -248,7 +248,7 @@ struct LogFailure {
     retry_at: Instant,
 }
 
-/// How often a log that could not be written is tried again while output comes.
+/// How often a log that could not be written is tried again.
 const LOG_RETRY: Duration = Duration::from_secs(1);
 
 impl Output {
@@ -347,6 +347,26 @@ impl Output {
         }
         if let Some((level, message)) = news {
             self.system(level, message);
+        }
+    }
+
+    /// When a log that could not be written is tried again, also while no output comes.
+    fn log_retry_at(&self) -> Option<Instant> {
+        self.log_failure.as_ref().map(|f| f.retry_at)
+    }
+
+    /// Tries the log again now (with nothing new to add: the run is quiet).
+    fn retry_log(&mut self) {
+        if let Some(failure) = self.log_failure.as_mut() {
+            failure.retry_at = Instant::now();
+        }
+        if self.batch.is_empty() {
+            // Its news is a system entry, whose commit also hands the capture the index.
+            if let Some((level, message)) = self.write_log() {
+                self.system(level, message);
+            }
+        } else {
+            self.commit();
         }
     }
 
@@ -573,6 +593,7 @@ impl<'a> Supervisor<'a> {
                 self.flush_at[1],
                 self.leak_at,
                 self.group_poll_at,
+                self.out.log_retry_at(),
             ]
             .into_iter()
             .flatten()
@@ -797,6 +818,9 @@ impl<'a> Supervisor<'a> {
         }
         if due(self.group_poll_at) {
             self.group_poll_at = None;
+        }
+        if due(self.out.log_retry_at()) {
+            self.out.retry_log();
         }
     }
 

@@ -595,3 +595,40 @@ fn entries_that_left_memory_while_the_disk_was_full_are_a_gap_in_the_log() {
         resumed.message
     );
 }
+
+#[test]
+fn a_quiet_run_gets_its_log_written_when_the_disk_has_room_again() {
+    use runstream::{Engine, EngineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = small_disk(dir.path(), "quiet run full disk test") else {
+        return;
+    };
+    let engine = Engine::new(EngineConfig {
+        log_dir: Some(disk.path("runs")),
+        ..EngineConfig::default()
+    });
+    let gate = |name: &str| dir.path().join(name);
+    // 300 lines once the disk is full, then nothing until the end.
+    let script = format!(
+        "echo start; while [ ! -e {g1} ]; do sleep 0.01; done; \
+         i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; \
+         while [ ! -e {g2} ]; do sleep 0.01; done",
+        g1 = gate("g1").display(),
+        g2 = gate("g2").display()
+    );
+    let run = engine.submit(crate::util::sh(&script)).unwrap();
+    crate::util::wait_for_entry(&run, |e| e.message == "start");
+    disk.fill();
+    fs::write(gate("g1"), "").unwrap();
+    crate::util::wait_for_entry(&run, |e| e.message.contains("cannot write the run's log"));
+    assert_eq!(run.status().log_complete, Some(false));
+    disk.free();
+    // No output comes, yet the log is completed from memory.
+    poll(PATIENCE, "the quiet run's log to be written again", || {
+        (run.status().log_complete == Some(true)).then_some(())
+    });
+    let log = fs::read_to_string(disk.path(&format!("runs/{}.jsonl", run.id()))).unwrap();
+    assert!(log.contains("\"line-299\""), "{log}");
+    fs::write(gate("g2"), "").unwrap();
+    assert_eq!(run.wait().log_complete, Some(true));
+}
