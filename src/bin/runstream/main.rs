@@ -3,6 +3,7 @@
 
 mod args;
 mod gpu_command;
+mod reload_requests;
 mod run_command;
 mod serve_command;
 mod stop_requests;

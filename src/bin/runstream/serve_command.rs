@@ -9,13 +9,14 @@ use runstream::server::{Catalogue, Server, ServerConfig};
 use runstream::{Engine, EngineConfig};
 
 use crate::args::parse_duration;
-use crate::stop_requests;
+use crate::{reload_requests, stop_requests};
 
 pub const USAGE: &str = "\
 usage: runstream serve [OPTIONS]
   --bind ADDR            IP:PORT or NAME:PORT to listen on (default 127.0.0.1:8787;
                          port 0 picks one)
-  --modules FILE         module catalogue (JSON)
+  --modules FILE         module catalogue (JSON); SIGHUP or POST /api/modules/reload
+                         reads it again without stopping any run
   --data-dir DIR         runs and their logs (default ./runstream-data)
   --token TOKEN          require Authorization: Bearer TOKEN (or RUNSTREAM_TOKEN);
                          needed to bind anything but loopback
@@ -84,6 +85,7 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
         }
     }
     engine.log_dir = Some(data_dir.join("runs"));
+    server.modules_file.clone_from(&modules);
     Ok(ServeArgs {
         server,
         engine,
@@ -186,6 +188,13 @@ pub fn run(options: Vec<String>) -> i32 {
             return 1;
         }
     };
+    let reload_rx = match reload_requests::listen() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runstream: cannot handle SIGHUP: {e}");
+            return 1;
+        }
+    };
     #[cfg(unix)]
     raise_open_file_limit();
     let open_to_any_site =
@@ -206,6 +215,16 @@ pub fn run(options: Vec<String>) -> i32 {
             "--cors-origin * without --token: any web site a visitor of this machine opens \
              can use this API through their browser"
         );
+    }
+
+    {
+        // The outcome (what changed, or why the old catalogue stays) is logged by the reload.
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || {
+            for () in reload_rx {
+                let _ = server.reload_modules();
+            }
+        });
     }
 
     if signal_rx.recv().is_err() {
