@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{live_group_members, PATIENCE};
+use crate::util::{fifo_echo_module, fifo_feeder, live_group_members, PATIENCE};
 
 const LOST_RUN_MESSAGE: &str = "server stopped while the run was live";
 
@@ -27,14 +27,14 @@ fn runstream() -> Command {
 }
 
 /// Writes a catalogue file into `dir`; returns its path.
-fn write_modules(dir: &Path, catalogue: Value) -> PathBuf {
+pub(crate) fn write_modules(dir: &Path, catalogue: Value) -> PathBuf {
     let path = dir.join("modules.json");
     fs::write(&path, serde_json::to_vec_pretty(&catalogue).unwrap()).unwrap();
     path
 }
 
 /// Polls `done` every 20 ms until it returns `Some`, or panics with `what` after `within`.
-fn poll<T>(within: Duration, what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn poll<T>(within: Duration, what: &str, mut done: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = done() {
@@ -70,14 +70,14 @@ impl Drop for GroupGuard {
 /// A `runstream serve` process: stdout lines arrive on a channel (read by a thread),
 /// stderr goes to a temporary file (the server logs there; a pipe nobody reads could
 /// fill and block it). Dropping it SIGKILLs the process if it is still running.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     stdout: mpsc::Receiver<String>,
     stderr: tempfile::NamedTempFile,
 }
 
 impl Proc {
-    fn spawn(cwd: &Path, args: &[&str]) -> Proc {
+    pub(crate) fn spawn(cwd: &Path, args: &[&str]) -> Proc {
         Proc::spawn_with(cwd, args, runstream())
     }
 
@@ -114,7 +114,7 @@ impl Proc {
         self.child.id()
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
@@ -145,7 +145,7 @@ impl Proc {
     }
 
     /// Waits for the `listening on http://ADDR` line; returns ADDR.
-    fn listening(&mut self) -> SocketAddr {
+    pub(crate) fn listening(&mut self) -> SocketAddr {
         let line = match self.stdout.recv_timeout(PATIENCE) {
             Ok(line) => line,
             Err(e) => {
@@ -929,11 +929,8 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
 fn a_live_run_keeps_streaming_across_catalogue_reloads_one_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let feed = dir.path().join("feed");
-    let c_path = std::ffi::CString::new(feed.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo(3) with a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    let echoer = json!({"name": "Echoer", "program": "sh",
-        "args": ["-c", "exec 3<\"$0\"; while read -r l <&3; do echo \"got $l\"; done", feed]});
+    let mut feeder = fifo_feeder(&feed);
+    let echoer = fifo_echo_module(&feed);
     let version = |v: &str| json!({"name": "Version", "program": "echo", "args": [v]});
     let modules = write_modules(
         dir.path(),
@@ -952,13 +949,6 @@ fn a_live_run_keeps_streaming_across_catalogue_reloads_one_invalid() {
     );
     let live = server.run_module("echoer", json!({}));
     let mut sse = server.stream(&live);
-    // Read and write, so opening never blocks on the run (Linux); closing it is the
-    // run's EOF.
-    let mut feeder = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&feed)
-        .unwrap();
     let mut say = |sse: &mut Sse, word: &str| {
         writeln!(feeder, "{word}").unwrap();
         sse.wait_for(word, |e| e.is_log(&format!("got {word}")));
