@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use monitor::{GpuMonitor, RunGpuUsage};
 #[cfg(feature = "gpu")]
-pub use nvml::NvmlSource;
+pub use nvml::{NvmlSource, NVML_LIBRARY_VAR};
 
 /// One GPU as its driver reports it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -81,10 +81,11 @@ impl GpuSource for NoGpu {
     }
 }
 
-/// NVML when built with the `gpu` feature, else a source that says so.
+/// NVML when built with the `gpu` feature (the library named by `RUNSTREAM_NVML_LIBRARY`
+/// when set, else the driver's), else a source that says so.
 pub fn default_source() -> Arc<dyn GpuSource> {
     #[cfg(feature = "gpu")]
-    return Arc::new(NvmlSource::default());
+    return Arc::new(NvmlSource::from_env());
     #[cfg(not(feature = "gpu"))]
     return Arc::new(NoGpu("runstream was built without the gpu feature".into()));
 }

@@ -1,7 +1,7 @@
-//! The NVML source: NVML initialised once (it loads `libnvidia-ml.so.1`), then one sweep of
-//! every device per sample.
+//! The NVML source: NVML initialised once (it loads `libnvidia-ml.so.1`, or the library
+//! named by `RUNSTREAM_NVML_LIBRARY`), then one sweep of every device per sample.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::sync::Mutex;
 
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
@@ -11,11 +11,37 @@ use nvml_wrapper::Nvml;
 
 use super::{GpuDevice, GpuProcess, GpuSource};
 
+/// The setting that names the NVML library to load instead of the driver's (a path, or a
+/// name the dynamic loader finds). The project's tests point it at a scripted NVML.
+pub const NVML_LIBRARY_VAR: &str = "RUNSTREAM_NVML_LIBRARY";
+
 /// Reads GPUs through NVML. Initialises on first use; a failed init is remembered (its
 /// reason is every sample's answer) rather than retried every second.
 #[derive(Default)]
 pub struct NvmlSource {
+    /// The library to load; `None`: the driver's.
+    library: Option<OsString>,
     nvml: Mutex<Option<Result<Nvml, String>>>,
+}
+
+impl NvmlSource {
+    /// NVML from `library` (a path, or a name the dynamic loader finds) instead of the
+    /// driver's `libnvidia-ml.so.1` / `nvml.dll`.
+    pub fn with_library(library: impl Into<OsString>) -> NvmlSource {
+        NvmlSource {
+            library: Some(library.into()),
+            ..NvmlSource::default()
+        }
+    }
+
+    /// NVML from the library named by `RUNSTREAM_NVML_LIBRARY` when it is set (and not
+    /// empty), else the driver's.
+    pub fn from_env() -> NvmlSource {
+        match std::env::var_os(NVML_LIBRARY_VAR) {
+            Some(library) if !library.is_empty() => NvmlSource::with_library(library),
+            _ => NvmlSource::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for NvmlSource {
@@ -27,7 +53,7 @@ impl std::fmt::Debug for NvmlSource {
 impl GpuSource for NvmlSource {
     fn sample(&self) -> Result<Vec<GpuDevice>, String> {
         let mut nvml = self.nvml.lock().unwrap_or_else(|e| e.into_inner());
-        let nvml = nvml.get_or_insert_with(init);
+        let nvml = nvml.get_or_insert_with(|| init(self.library.as_deref()));
         let nvml = nvml.as_ref().map_err(Clone::clone)?;
         let count = nvml.device_count().map_err(describe)?;
         let mut devices = Vec::with_capacity(count as usize);
@@ -74,8 +100,21 @@ const NVML_LIBRARY: &str = "libnvidia-ml.so.1";
 #[cfg(windows)]
 const NVML_LIBRARY: &str = "nvml.dll";
 
-/// Loads NVML: the driver's library name first, then `Nvml::init()`'s default.
-fn init() -> Result<Nvml, String> {
+/// Loads NVML: `library` when given (and nothing else), else the driver's library name
+/// first, then `Nvml::init()`'s default.
+fn init(library: Option<&OsStr>) -> Result<Nvml, String> {
+    if let Some(library) = library {
+        return Nvml::builder()
+            .lib_path(library)
+            .init()
+            .map_err(|e| match e {
+                NvmlError::LibloadingError(inner) => format!(
+                    "cannot load the NVML library {} (set by {NVML_LIBRARY_VAR}): {inner}",
+                    library.to_string_lossy()
+                ),
+                other => describe(other),
+            });
+    }
     Nvml::builder()
         .lib_path(OsStr::new(NVML_LIBRARY))
         .init()
@@ -83,7 +122,8 @@ fn init() -> Result<Nvml, String> {
         .map_err(describe)
 }
 
-/// The real reason, in words: library not found, driver not loaded, no permission.
+/// The real reason, in words: library not found, driver not loaded, no permission, a
+/// function missing from the library.
 fn describe(e: NvmlError) -> String {
     match e {
         NvmlError::LibloadingError(inner) => {
@@ -91,8 +131,16 @@ fn describe(e: NvmlError) -> String {
                 "NVML library not found ({NVML_LIBRARY}; is the NVIDIA driver installed?): {inner}"
             )
         }
+        NvmlError::FailedToLoadSymbol(inner) => {
+            format!(
+                "the NVML library lacks a function runstream needs (a driver too old?): {inner}"
+            )
+        }
         NvmlError::DriverNotLoaded => "the NVIDIA driver is not loaded".into(),
         NvmlError::NoPermission => "no permission to talk to the NVIDIA driver".into(),
+        NvmlError::GpuLost => "the GPU fell off the bus or cannot be reached".into(),
+        NvmlError::Timeout => "NVML timed out".into(),
+        NvmlError::Unknown => "NVML reported an internal driver error".into(),
         other => format!("NVML error: {other}"),
     }
 }

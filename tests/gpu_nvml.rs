@@ -1,0 +1,401 @@
+//! The GPU path through the real binary and NVML's real ABI: `runstream serve` and
+//! `runstream gpu` load a scripted NVML (`gpu_nvml/scripted_nvml.c`) through
+//! `RUNSTREAM_NVML_LIBRARY`, and the tests change its answers while the server runs.
+//!
+//! The server samples every second (its default). Waits are bounded by `PATIENCE`; where a
+//! test must know that the server sampled again, it counts the library's calls instead of
+//! sleeping.
+
+mod scripted;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::sse_client::SseClient;
+use crate::util::PATIENCE;
+use scripted::{Device, ScriptedNvml, State, Variant, GIB};
+
+/// The function whose call starts each of runstream's sweeps.
+const SWEEP: &str = "nvmlDeviceGetCount_v2";
+
+/// Polls `done` every 20 ms until it returns `Some`; panics with `what` after `PATIENCE`.
+fn poll<T>(what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = done() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until runstream has started `n` more sweeps than it had when called: the
+/// state set before the call has then been read at least `n - 1` times.
+fn wait_sweeps(nvml: &ScriptedNvml, n: usize) {
+    let start = nvml.calls(SWEEP);
+    poll(&format!("{n} more NVML sweeps"), || {
+        (nvml.calls(SWEEP) >= start + n).then_some(())
+    });
+}
+
+/// `runstream serve --allow-commands` using the scripted NVML; SIGKILLed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    agent: ureq::Agent,
+    stderr: tempfile::NamedTempFile,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(nvml: &ScriptedNvml) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runstream"));
+        nvml.configure(&mut command);
+        let mut child = command
+            .env_remove("RUNSTREAM_TOKEN")
+            .env("RUST_LOG", "info")
+            .args(["serve", "--bind", "127.0.0.1:0", "--allow-commands"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        // The first line says where it listens; nothing else is printed on stdout.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            addr,
+            agent: ureq::AgentBuilder::new().timeout(PATIENCE).build(),
+            stderr,
+            _data: data,
+        }
+    }
+
+    fn text(&self, path: &str) -> String {
+        self.agent
+            .get(&format!("http://{}{path}", self.addr))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_string()
+            .unwrap()
+    }
+
+    fn get(&self, path: &str) -> Value {
+        serde_json::from_str(&self.text(path)).unwrap()
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        self.agent
+            .post(&format!("http://{}{path}", self.addr))
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+
+    /// Submits `argv` needing `gpu_memory_mb`; returns the run id.
+    fn submit(&self, argv: &[&str], gpu_memory_mb: u64) -> String {
+        let run = self.post(
+            "/api/runs",
+            json!({"argv": argv, "gpu_memory_mb": gpu_memory_mb}),
+        );
+        run["run_id"].as_str().unwrap().to_string()
+    }
+
+    /// Submits `sh -c 'sleep 300 & echo $!; wait'` and returns its id and the pid of the
+    /// `sleep`: a grandchild of the run, as `python` under `sh` would be.
+    fn submit_with_grandchild(&self, gpu_memory_mb: u64) -> (String, u32) {
+        let id = self.submit(&["sh", "-c", "sleep 300 & echo $!; wait"], gpu_memory_mb);
+        let pid = poll("the grandchild's pid in the log", || {
+            let logs = self.get(&format!("/api/runs/{id}/logs"));
+            logs["logs"].as_array().unwrap().iter().find_map(|e| {
+                (e["stream"] == "stdout").then(|| e["message"].as_str()?.parse().ok())?
+            })
+        });
+        (id, pid)
+    }
+
+    fn run(&self, id: &str) -> Value {
+        self.get(&format!("/api/runs/{id}"))
+    }
+
+    /// Polls run `id` until `pred` holds; returns it.
+    fn wait_run(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        let found = poll_or(|| {
+            last = self.run(id);
+            pred(&last).then(|| last.clone())
+        });
+        found.unwrap_or_else(|| panic!("timed out: {what}; the run: {last}\n{}", self.log()))
+    }
+
+    fn cancel(&self, id: &str) {
+        self.post(&format!("/api/runs/{id}/cancel"), json!({}));
+    }
+
+    fn stream(&self, id: &str) -> SseClient {
+        let sse = SseClient::connect(self.addr, &format!("/api/runs/{id}/logs/stream"), &[]);
+        assert_eq!(sse.status, 200);
+        sse
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+}
+
+/// Like `poll`, but `None` after `PATIENCE` instead of a panic.
+fn poll_or<T>(mut done: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Some(v) = done() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `runstream gpu` with `nvml`: (exit code, stdout, stderr).
+fn gpu_command(nvml: &ScriptedNvml) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runstream"));
+    nvml.configure(&mut command);
+    let out = command.arg("gpu").output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn runstream_gpu_lists_the_cards_and_processes_nvml_reports() {
+    let state = State {
+        devices: vec![Device::card(0, 30 * GIB), Device::card(1, 20 * GIB)],
+        processes: vec![(1, 4242, Some(3 * GIB)), (1, 4343, None)],
+        ..State::default()
+    };
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &state) else {
+        return;
+    };
+    let (code, out, err) = gpu_command(&nvml);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    // Memory through nvmlMemory_t (used / total), utilisation, temperature, power in mW.
+    assert!(
+        lines[1].starts_with("0   Scripted GeForce RTX 5090")
+            && lines[1].contains(" 2048 /  32768 MiB")
+            && lines[1].contains("40%")
+            && lines[1].contains("60C")
+            && lines[1].ends_with("250W"),
+        "{out}"
+    );
+    assert!(lines[2].contains("12288 /  32768 MiB") && lines[2].contains("41%"));
+    // The process list came through NVML_ERROR_INSUFFICIENT_SIZE and 24-byte records;
+    // NVML_VALUE_NOT_AVAILABLE is shown as unknown.
+    assert!(out.contains("1       4242     3072 MiB"), "{out}");
+    assert!(out.contains("1       4343            -"), "{out}");
+}
+
+#[test]
+fn runstream_gpu_states_why_nvml_cannot_start() {
+    for (init, words) in [
+        ("DRIVER_NOT_LOADED", "the NVIDIA driver is not loaded"),
+        (
+            "NO_PERMISSION",
+            "no permission to talk to the NVIDIA driver",
+        ),
+    ] {
+        let state = State {
+            init: Some(init),
+            ..State::one_card(GIB)
+        };
+        let Some(nvml) = ScriptedNvml::new(Variant::Full, &state) else {
+            return;
+        };
+        let (code, _, err) = gpu_command(&nvml);
+        assert_eq!(
+            (code, err.trim()),
+            (1, &*format!("runstream: no GPU: {words}"))
+        );
+    }
+    let Some(nvml) = ScriptedNvml::new(Variant::NoInit, &State::one_card(GIB)) else {
+        return;
+    };
+    let (code, _, err) = gpu_command(&nvml);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("lacks a function runstream needs") && err.contains("nvmlInit_v2"),
+        "{err}"
+    );
+    // A library that is not there.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runstream"));
+    let missing = nvml.dir().join("no-such-libnvidia-ml.so");
+    let out = command
+        .arg("gpu")
+        .env("RUNSTREAM_NVML_LIBRARY", &missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(&format!(
+            "cannot load the NVML library {} (set by RUNSTREAM_NVML_LIBRARY)",
+            missing.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_grandchilds_gpu_memory_is_its_runs_in_the_api_sse_and_metrics() {
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &State::one_card(30 * GIB)) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let gpu = server.get("/api/gpu");
+    assert_eq!(gpu["available"], true, "{gpu}");
+    assert_eq!(gpu["devices"][0]["name"], "Scripted GeForce RTX 5090");
+    assert_eq!(gpu["devices"][0]["uuid"], "GPU-scripted-0");
+    assert_eq!(gpu["devices"][0]["memory_free_bytes"], 30 * GIB);
+    assert_eq!(gpu["devices"][0]["power_watts"], 250.5);
+
+    let (id, grandchild) = server.submit_with_grandchild(0);
+    let pgid = server.run(&id)["pid"].as_u64().unwrap() as u32;
+    assert_ne!(grandchild, pgid, "NVML sees the grandchild, not the leader");
+    let mut sse = server.stream(&id);
+    nvml.set(&State {
+        processes: vec![(0, grandchild, Some(2 * GIB))],
+        ..State::one_card(28 * GIB)
+    });
+    let event = sse.until(|e| e.event == "gpu").pop().unwrap();
+    assert_eq!(
+        event.json(),
+        json!({"gpu_memory_bytes": 2 * GIB, "gpu_memory_peak_bytes": 2 * GIB})
+    );
+    nvml.set(&State {
+        processes: vec![(0, grandchild, Some(GIB))],
+        ..State::one_card(29 * GIB)
+    });
+    let event = sse.until(|e| e.event == "gpu").pop().unwrap();
+    assert_eq!(
+        event.json(),
+        json!({"gpu_memory_bytes": GIB, "gpu_memory_peak_bytes": 2 * GIB}),
+        "current drops, the peak stays"
+    );
+    let run = server.run(&id);
+    assert_eq!(
+        (&run["gpu_memory_bytes"], &run["gpu_memory_peak_bytes"]),
+        (&json!(GIB), &json!(2 * GIB))
+    );
+    let gpu = server.get("/api/gpu");
+    assert_eq!(gpu["runs"][0]["run_id"], id.as_str(), "{gpu}");
+    assert_eq!(gpu["runs"][0]["gpu_memory_bytes"], GIB);
+    assert_eq!(gpu["devices"][0]["processes"][0]["pid"], grandchild);
+
+    let metrics = server.text("/metrics");
+    for line in [
+        "runstream_gpu_available 1".to_string(),
+        format!(
+            "runstream_gpu_memory_used_bytes{{gpu=\"0\",uuid=\"GPU-scripted-0\"}} {}",
+            3 * GIB
+        ),
+        format!(
+            "runstream_gpu_memory_total_bytes{{gpu=\"0\",uuid=\"GPU-scripted-0\"}} {}",
+            32 * GIB
+        ),
+        "runstream_gpu_utilization_percent{gpu=\"0\",uuid=\"GPU-scripted-0\"} 40".into(),
+        "runstream_gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-scripted-0\"} 60".into(),
+        "runstream_gpu_power_watts{gpu=\"0\",uuid=\"GPU-scripted-0\"} 250.5".into(),
+        format!("runstream_run_gpu_memory_bytes{{run_id=\"{id}\"}} {GIB}"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    server.cancel(&id);
+    server.wait_run(&id, "the run ends", |r| r["status"] == "cancelled");
+    let gpu = server.get("/api/gpu");
+    assert_eq!(gpu["runs"], json!([]), "a finished run is not listed");
+}
+
+#[test]
+fn the_vram_queue_holds_releases_and_never_double_books() {
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &State::one_card(3 * GIB)) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let first = server.submit(&["sleep", "300"], 4096);
+    let run = server.run(&first);
+    assert_eq!(
+        (&run["status"], &run["waiting_for"]),
+        (&json!("queued"), &json!("gpu_memory"))
+    );
+    // A run that needs no GPU is never held behind it.
+    let cpu = server.submit(&["true"], 0);
+    server.wait_run(&cpu, "the CPU run completes", |r| {
+        r["status"] == "completed"
+    });
+    let second = server.submit(&["sh", "-c", "sleep 300 & echo $!; wait"], 4096);
+    wait_sweeps(&nvml, 2);
+    assert_eq!(server.run(&first)["status"], "queued");
+    // 5 GiB free: the first starts; the second waits, 4 GiB being promised to the first
+    // although the driver does not show its process yet.
+    nvml.set(&State::one_card(5 * GIB));
+    let started = server.wait_run(&first, "the first run starts", |r| r["status"] == "running");
+    let first_pid = started["pid"].as_u64().unwrap() as u32;
+    wait_sweeps(&nvml, 3);
+    let run = server.run(&second);
+    assert_eq!(
+        (&run["status"], &run["waiting_for"]),
+        (&json!("queued"), &json!("gpu_memory")),
+        "not double-booked"
+    );
+    // The driver shows the first using its 4 GiB: 1 GiB free, still not enough.
+    nvml.set(&State {
+        processes: vec![(0, first_pid, Some(4 * GIB))],
+        ..State::one_card(GIB)
+    });
+    server.wait_run(&first, "the first run's memory seen", |r| {
+        r["gpu_memory_bytes"] == 4 * GIB
+    });
+    wait_sweeps(&nvml, 2);
+    assert_eq!(server.run(&second)["status"], "queued");
+    // The first ends and frees its memory: the second starts.
+    server.cancel(&first);
+    server.wait_run(&first, "the first run ends", |r| r["status"] == "cancelled");
+    nvml.set(&State::one_card(5 * GIB));
+    server.wait_run(&second, "the second run starts", |r| {
+        r["status"] == "running"
+    });
+    server.cancel(&second);
+    server.wait_run(&second, "the second run ends", |r| {
+        r["status"] == "cancelled"
+    });
+}
