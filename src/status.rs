@@ -90,8 +90,9 @@ pub struct RunStatus {
     /// Why the run failed or stopped: the spawn error, or the last lines of stderr
     /// (at most 500 characters).
     pub error_message: Option<String>,
-    /// Why a queued run is still waiting: `"slot"` (a free concurrency slot) or
-    /// `"gpu_memory"` (enough free GPU memory).
+    /// Why a queued run is still waiting: `"slot"` (a free concurrency slot),
+    /// `"gpu_memory"` (enough free GPU memory), or `"gpu_memory: REASON"` while the GPUs
+    /// cannot be read (a GPU lost, a timeout) and the run waits for the next reading.
     pub waiting_for: Option<String>,
     /// The last progress percentage the run printed (`45%` in a `\r` update or in a line
     /// that mentions progress), if any.

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runstream::gpu::{GpuDevice, GpuProcess, GpuSource, NoGpu};
+use runstream::gpu::{GpuDevice, GpuError, GpuProcess, GpuSource, NoGpu};
 use runstream::{Engine, EngineConfig, Event, From, RunHandle, RunSpec, RunState};
 
 use crate::util::*;
@@ -46,7 +46,7 @@ impl FakeGpu {
 }
 
 impl GpuSource for FakeGpu {
-    fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+    fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
         Ok(vec![self.device.lock().unwrap().clone()])
     }
 }

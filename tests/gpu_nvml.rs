@@ -399,3 +399,126 @@ fn the_vram_queue_holds_releases_and_never_double_books() {
         r["status"] == "cancelled"
     });
 }
+#[test]
+fn device_errors_mid_run_are_reported_and_recovered_from() {
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &State::one_card(30 * GIB)) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let (id, grandchild) = server.submit_with_grandchild(0);
+    let on_gpu = |bytes| State {
+        processes: vec![(0, grandchild, Some(bytes))],
+        ..State::one_card(30 * GIB - bytes)
+    };
+    nvml.set(&on_gpu(GIB));
+    server.wait_run(&id, "1 GiB seen", |r| r["gpu_memory_bytes"] == GIB);
+    for (code, words) in [
+        ("GPU_IS_LOST", "fell off the bus"),
+        ("TIMEOUT", "timed out"),
+        ("UNKNOWN", "internal driver error"),
+    ] {
+        nvml.set(&State {
+            fail: vec![
+                ("nvmlDeviceGetMemoryInfo", code),
+                ("nvmlDeviceGetMemoryInfo_v2", code),
+            ],
+            ..on_gpu(GIB)
+        });
+        // Sampling goes on at its interval: three sweeps come within `PATIENCE` (one
+        // failed sample used to pause the sampler for 30 s).
+        wait_sweeps(&nvml, 3);
+        let gpu = server.get("/api/gpu");
+        assert_eq!(gpu["available"], false, "{gpu}");
+        let reason = gpu["reason"].as_str().unwrap().to_lowercase();
+        assert!(reason.contains(words), "{code}: {reason}");
+        assert!(
+            server
+                .text("/metrics")
+                .contains("runstream_gpu_available 0"),
+            "{code}"
+        );
+        nvml.set(&on_gpu(2 * GIB));
+        server.wait_run(&id, "the new reading after recovery", |r| {
+            r["gpu_memory_bytes"] == 2 * GIB
+        });
+        assert_eq!(server.get("/api/gpu")["available"], true);
+        nvml.set(&on_gpu(GIB));
+        server.wait_run(&id, "1 GiB again", |r| r["gpu_memory_bytes"] == GIB);
+    }
+    server.cancel(&id);
+}
+
+/// Regression (issue 12): one failed reading failed every run waiting for GPU memory,
+/// for good ("needs 8192 MiB of GPU memory, but no GPU can be used").
+#[test]
+fn a_bad_reading_keeps_gpu_runs_waiting_and_says_why() {
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &State::one_card(3 * GIB)) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let id = server.submit(&["sleep", "300"], 8192);
+    assert_eq!(server.run(&id)["waiting_for"], "gpu_memory");
+    nvml.set(&State {
+        fail: vec![
+            ("nvmlDeviceGetMemoryInfo", "TIMEOUT"),
+            ("nvmlDeviceGetMemoryInfo_v2", "TIMEOUT"),
+        ],
+        ..State::one_card(3 * GIB)
+    });
+    let run = server.wait_run(&id, "waiting_for says why", |r| {
+        r["waiting_for"] != "gpu_memory"
+    });
+    assert_eq!(run["status"], "queued", "{run}");
+    assert_eq!(
+        run["waiting_for"],
+        "gpu_memory: the GPUs cannot be read now (GPU 0: NVML timed out); waiting for a reading"
+    );
+    wait_sweeps(&nvml, 3);
+    assert_eq!(server.run(&id)["status"], "queued");
+    let gpu = server.get("/api/gpu");
+    assert_eq!(
+        (&gpu["available"], &gpu["transient"]),
+        (&json!(false), &json!(true)),
+        "{gpu}"
+    );
+    // Readings again, still not enough memory; then enough: the run starts.
+    nvml.set(&State::one_card(3 * GIB));
+    server.wait_run(&id, "waiting for memory again", |r| {
+        r["waiting_for"] == "gpu_memory"
+    });
+    nvml.set(&State::one_card(10 * GIB));
+    server.wait_run(&id, "the run starts", |r| r["status"] == "running");
+    server.cancel(&id);
+}
+
+/// Regression (issue 12): a failed NVML init was remembered until restart, so a driver
+/// that was still starting was never picked up.
+#[test]
+fn nvml_init_is_retried_and_a_driver_that_comes_later_is_used() {
+    let not_loaded = State {
+        init: Some("DRIVER_NOT_LOADED"),
+        ..State::one_card(30 * GIB)
+    };
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &not_loaded) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let gpu = server.get("/api/gpu");
+    assert_eq!(
+        gpu,
+        json!({"available": false, "reason": "the NVIDIA driver is not loaded", "transient": false})
+    );
+    // With no GPU at all, a run that needs one fails at once, saying why.
+    let id = server.submit(&["true"], 1024);
+    let run = server.wait_run(&id, "the GPU run fails", |r| r["status"] == "failed");
+    assert_eq!(
+        run["error_message"],
+        "needs 1024 MiB of GPU memory, but no GPU can be used: the NVIDIA driver is not loaded"
+    );
+    assert_eq!(run["pid"], Value::Null, "never started");
+    nvml.set(&State::one_card(30 * GIB));
+    poll("NVML initialised on a retry", || {
+        (server.get("/api/gpu")["available"] == true).then_some(())
+    });
+    assert!(nvml.calls("nvmlInit_v2") >= 2);
+}

@@ -54,21 +54,56 @@ pub struct GpuProcess {
     pub used_memory_bytes: Option<u64>,
 }
 
+/// Why a sample has no reading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GpuError {
+    /// No GPU can be read here: no library, no driver, no permission (NVML never
+    /// started). Runs that need GPU memory fail rather than wait for ever.
+    Unavailable(String),
+    /// GPUs could be read, but this reading failed (a GPU fell off the bus, a timeout,
+    /// an unsupported query): the next sample may work. Runs that need GPU memory wait.
+    Reading(String),
+}
+
+impl GpuError {
+    /// The reason, in words.
+    pub fn reason(&self) -> &str {
+        match self {
+            GpuError::Unavailable(reason) | GpuError::Reading(reason) => reason,
+        }
+    }
+
+    /// Whether the next sample may work (a [`GpuError::Reading`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GpuError::Reading(_))
+    }
+}
+
+impl std::fmt::Display for GpuError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for GpuError {}
+
 /// Where GPU readings come from. One sweep of every device per call.
 ///
 /// ```
-/// use runstream::gpu::{GpuDevice, GpuSource};
+/// use runstream::gpu::{GpuDevice, GpuError, GpuSource};
 /// #[derive(Debug)]
 /// struct OneFakeCard;
 /// impl GpuSource for OneFakeCard {
-///     fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+///     fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
 ///         Ok(vec![GpuDevice { memory_total_bytes: 32 << 30, memory_free_bytes: 32 << 30, ..GpuDevice::default() }])
 ///     }
 /// }
 /// ```
 pub trait GpuSource: Send + Sync + Debug {
-    /// Every device now, or why there is no reading (no driver, no permission, …).
-    fn sample(&self) -> Result<Vec<GpuDevice>, String>;
+    /// Every device now, or why there is no reading (no driver, no permission, a GPU
+    /// lost, …).
+    fn sample(&self) -> Result<Vec<GpuDevice>, GpuError>;
 }
 
 /// A source that never has a GPU, and says why.
@@ -76,8 +111,8 @@ pub trait GpuSource: Send + Sync + Debug {
 pub struct NoGpu(pub String);
 
 impl GpuSource for NoGpu {
-    fn sample(&self) -> Result<Vec<GpuDevice>, String> {
-        Err(self.0.clone())
+    fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
+        Err(GpuError::Unavailable(self.0.clone()))
     }
 }
 

@@ -9,12 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{GpuDevice, GpuSource};
+use super::{GpuDevice, GpuError, GpuSource};
 use crate::capture::OutputCapture;
 use crate::process;
-
-/// How long to wait before asking again a source that has no GPU.
-const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One run's GPU memory, for `/api/gpu`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -38,7 +35,7 @@ pub struct GpuMonitor {
 
 #[derive(Default)]
 struct MonitorState {
-    last: Option<(Instant, Result<Vec<GpuDevice>, String>)>,
+    last: Option<(Instant, Result<Vec<GpuDevice>, GpuError>)>,
     /// Live runs by process group id.
     runs: HashMap<u32, TrackedRun>,
     promises: Vec<Promise>,
@@ -74,6 +71,11 @@ impl std::fmt::Debug for GpuMonitor {
     }
 }
 
+/// The answer when there is no reading: why, and whether the next sample may work.
+fn unavailable(e: &GpuError) -> Value {
+    json!({"available": false, "reason": e.reason(), "transient": e.is_transient()})
+}
+
 impl GpuMonitor {
     /// A monitor reading `source`, at most every `interval` while anything needs it.
     pub fn new(source: Arc<dyn GpuSource>, interval: Duration) -> Arc<GpuMonitor> {
@@ -91,7 +93,7 @@ impl GpuMonitor {
     }
 
     /// Every device, read at most `interval` ago (read now if older).
-    pub fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+    pub fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
         if let Some((at, sample)) = &self.lock().last {
             if at.elapsed() < self.interval {
                 return sample.clone();
@@ -120,11 +122,12 @@ impl GpuMonitor {
         runs
     }
 
-    /// `/api/gpu`: devices and per-run usage, or `{"available": false, "reason": …}`.
+    /// `/api/gpu`: devices and per-run usage, or `{"available": false, "reason": …,
+    /// "transient": …}` (`transient`: the GPUs were readable and the next sample may work).
     pub fn report(&self) -> Value {
         match self.sample() {
             Ok(devices) => json!({"available": true, "devices": devices, "runs": self.runs()}),
-            Err(reason) => json!({"available": false, "reason": reason}),
+            Err(e) => unavailable(&e),
         }
     }
 
@@ -138,7 +141,7 @@ impl GpuMonitor {
                 "memory_used_bytes": devices.iter().map(|d| d.memory_used_bytes).sum::<u64>(),
                 "runs_using_gpu": self.runs().len(),
             }),
-            Err(reason) => json!({"available": false, "reason": reason}),
+            Err(e) => unavailable(&e),
         }
     }
 
@@ -202,12 +205,12 @@ impl GpuMonitor {
     }
 
     /// Sets `bytes` aside on the device with the most memory free after earlier promises,
-    /// for the run holding `ticket`. `Ok(false)`: none has enough now. `Err`: no GPU can
-    /// be read at all.
-    pub(crate) fn reserve(&self, ticket: u64, bytes: u64) -> Result<bool, String> {
+    /// for the run holding `ticket`. `Ok(false)`: none has enough now. `Err`: no reading
+    /// now ([`GpuError::Unavailable`]: none ever, no GPU found).
+    pub(crate) fn reserve(&self, ticket: u64, bytes: u64) -> Result<bool, GpuError> {
         let devices = self.sample()?;
         if devices.is_empty() {
-            return Err("no GPU found".into());
+            return Err(GpuError::Unavailable("no GPU found".into()));
         }
         let mut s = self.lock();
         let best = devices
@@ -316,12 +319,10 @@ impl GpuMonitor {
                     return;
                 }
             }
+            // A failed sample is retried at the same interval: a transient error (a GPU
+            // lost for a moment, a timeout) must not leave readings stale, and a source
+            // that cannot start (no driver) answers from memory until its own retry.
             let sample = self.source.sample();
-            let pause = if sample.is_ok() {
-                self.interval
-            } else {
-                UNAVAILABLE_BACKOFF.max(self.interval)
-            };
             self.apply(&sample);
             if let Some(hook) = self
                 .on_sample
@@ -337,7 +338,7 @@ impl GpuMonitor {
             }
             drop(
                 self.wake
-                    .wait_timeout(s, pause)
+                    .wait_timeout(s, self.interval)
                     .unwrap_or_else(|e| e.into_inner()),
             );
         }
@@ -345,7 +346,7 @@ impl GpuMonitor {
 
     /// Stores a sample, attributes GPU processes to runs through their process groups,
     /// drops promises the driver now shows in use, and tells runs whose numbers changed.
-    fn apply(&self, sample: &Result<Vec<GpuDevice>, String>) {
+    fn apply(&self, sample: &Result<Vec<GpuDevice>, GpuError>) {
         let mut changed = Vec::new();
         {
             let mut s = self.lock();

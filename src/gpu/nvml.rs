@@ -3,25 +3,47 @@
 
 use std::ffi::{OsStr, OsString};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
-use super::{GpuDevice, GpuProcess, GpuSource};
+use super::{GpuDevice, GpuError, GpuProcess, GpuSource};
 
 /// The setting that names the NVML library to load instead of the driver's (a path, or a
 /// name the dynamic loader finds). The project's tests point it at a scripted NVML.
 pub const NVML_LIBRARY_VAR: &str = "RUNSTREAM_NVML_LIBRARY";
 
-/// Reads GPUs through NVML. Initialises on first use; a failed init is remembered (its
-/// reason is every sample's answer) rather than retried every second.
+/// How long after a failed NVML init the first retry comes; each failure doubles it.
+const INIT_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two NVML init attempts.
+const INIT_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Reads GPUs through NVML. Initialises on first use. A failed init (no library, no
+/// driver, no permission) is every sample's answer until it is tried again, after 1 s,
+/// then 2, 4, … up to 60 s: a driver that was still starting, or one installed later, is
+/// picked up without a restart.
 #[derive(Default)]
 pub struct NvmlSource {
     /// The library to load; `None`: the driver's.
     library: Option<OsString>,
-    nvml: Mutex<Option<Result<Nvml, String>>>,
+    nvml: Mutex<Init>,
+}
+
+/// Where NVML's initialisation stands.
+#[derive(Default)]
+enum Init {
+    #[default]
+    NotTried,
+    /// Boxed: the function table is almost 10 KB.
+    Ready(Box<Nvml>),
+    Failed {
+        reason: String,
+        retry_at: Instant,
+        backoff: Duration,
+    },
 }
 
 impl NvmlSource {
@@ -51,45 +73,71 @@ impl std::fmt::Debug for NvmlSource {
 }
 
 impl GpuSource for NvmlSource {
-    fn sample(&self) -> Result<Vec<GpuDevice>, String> {
-        let mut nvml = self.nvml.lock().unwrap_or_else(|e| e.into_inner());
-        let nvml = nvml.get_or_insert_with(|| init(self.library.as_deref()));
-        let nvml = nvml.as_ref().map_err(Clone::clone)?;
-        let count = nvml.device_count().map_err(describe)?;
-        let mut devices = Vec::with_capacity(count as usize);
-        for index in 0..count {
-            let device = nvml.device_by_index(index).map_err(describe)?;
-            let memory = device.memory_info().map_err(describe)?;
-            let utilization = device.utilization_rates().ok();
-            // An empty list when nothing runs; errors (e.g. not supported) read as none.
-            let processes = device
-                .running_compute_processes()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| GpuProcess {
-                    pid: p.pid,
-                    used_memory_bytes: match p.used_gpu_memory {
-                        UsedGpuMemory::Used(bytes) => Some(bytes),
-                        UsedGpuMemory::Unavailable => None,
-                    },
-                })
-                .collect();
-            devices.push(GpuDevice {
-                index,
-                name: device.name().unwrap_or_default(),
-                uuid: device.uuid().unwrap_or_default(),
-                memory_total_bytes: memory.total,
-                memory_used_bytes: memory.used,
-                memory_free_bytes: memory.free,
-                utilization_gpu_percent: utilization.as_ref().map(|u| u.gpu),
-                utilization_memory_percent: utilization.as_ref().map(|u| u.memory),
-                temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok(),
-                power_watts: device.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
-                processes,
-            });
+    fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
+        let mut state = self.nvml.lock().unwrap_or_else(|e| e.into_inner());
+        let backoff = match &*state {
+            Init::Ready(nvml) => return sweep(nvml).map_err(GpuError::Reading),
+            Init::Failed {
+                reason, retry_at, ..
+            } if Instant::now() < *retry_at => return Err(GpuError::Unavailable(reason.clone())),
+            Init::Failed { backoff, .. } => (*backoff * 2).min(INIT_RETRY_MAX),
+            Init::NotTried => INIT_RETRY_FIRST,
+        };
+        match init(self.library.as_deref()) {
+            Ok(nvml) => {
+                let sample = sweep(&nvml).map_err(GpuError::Reading);
+                *state = Init::Ready(Box::new(nvml));
+                sample
+            }
+            Err(reason) => {
+                *state = Init::Failed {
+                    reason: reason.clone(),
+                    retry_at: Instant::now() + backoff,
+                    backoff,
+                };
+                Err(GpuError::Unavailable(reason))
+            }
         }
-        Ok(devices)
     }
+}
+
+/// One reading of every device. A device that cannot be read fails the reading, named.
+fn sweep(nvml: &Nvml) -> Result<Vec<GpuDevice>, String> {
+    let count = nvml.device_count().map_err(describe)?;
+    let mut devices = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let on_device = |e: NvmlError| format!("GPU {index}: {}", describe(e));
+        let device = nvml.device_by_index(index).map_err(on_device)?;
+        let memory = device.memory_info().map_err(on_device)?;
+        let utilization = device.utilization_rates().ok();
+        // An empty list when nothing runs; errors (e.g. not supported) read as none.
+        let processes = device
+            .running_compute_processes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| GpuProcess {
+                pid: p.pid,
+                used_memory_bytes: match p.used_gpu_memory {
+                    UsedGpuMemory::Used(bytes) => Some(bytes),
+                    UsedGpuMemory::Unavailable => None,
+                },
+            })
+            .collect();
+        devices.push(GpuDevice {
+            index,
+            name: device.name().unwrap_or_default(),
+            uuid: device.uuid().unwrap_or_default(),
+            memory_total_bytes: memory.total,
+            memory_used_bytes: memory.used,
+            memory_free_bytes: memory.free,
+            utilization_gpu_percent: utilization.as_ref().map(|u| u.gpu),
+            utilization_memory_percent: utilization.as_ref().map(|u| u.memory),
+            temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok(),
+            power_watts: device.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+            processes,
+        });
+    }
+    Ok(devices)
 }
 
 /// The NVML library. A unix machine with only the driver has `libnvidia-ml.so.1` and not
