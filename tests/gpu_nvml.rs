@@ -220,6 +220,10 @@ fn runstream_gpu_lists_the_cards_and_processes_nvml_reports() {
     // NVML_VALUE_NOT_AVAILABLE is shown as unknown.
     assert!(out.contains("1       4242     3072 MiB"), "{out}");
     assert!(out.contains("1       4343            -"), "{out}");
+    // Memory came through nvmlDeviceGetMemoryInfo_v2 with NVML_STRUCT_VERSION(Memory, 2)
+    // (the library refuses any other version word), never the v1 call.
+    assert_eq!(nvml.calls("nvmlDeviceGetMemoryInfo_v2"), 2);
+    assert_eq!(nvml.calls("nvmlDeviceGetMemoryInfo"), 0);
 }
 
 #[test]
@@ -251,6 +255,17 @@ fn runstream_gpu_states_why_nvml_cannot_start() {
     assert_eq!(code, 1);
     assert!(
         err.contains("lacks a function runstream needs") && err.contains("nvmlInit_v2"),
+        "{err}"
+    );
+    // nvml-wrapper 0.13 reads memory through nvmlDeviceGetMemoryInfo_v2 only.
+    let Some(old) = ScriptedNvml::new(Variant::NoMemoryV2, &State::one_card(GIB)) else {
+        return;
+    };
+    let (code, _, err) = gpu_command(&old);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("GPU 0: the NVML library lacks a function runstream needs")
+            && err.contains("nvmlDeviceGetMemoryInfo_v2"),
         "{err}"
     );
     // A library that is not there.

@@ -76,7 +76,7 @@ impl GpuSource for NvmlSource {
     fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
         let mut state = self.nvml.lock().unwrap_or_else(|e| e.into_inner());
         let backoff = match &*state {
-            Init::Ready(nvml) => return sweep(nvml).map_err(GpuError::Reading),
+            Init::Ready(nvml) => return sweep(nvml),
             Init::Failed {
                 reason, retry_at, ..
             } if Instant::now() < *retry_at => return Err(GpuError::Unavailable(reason.clone())),
@@ -85,7 +85,7 @@ impl GpuSource for NvmlSource {
         };
         match init(self.library.as_deref()) {
             Ok(nvml) => {
-                let sample = sweep(&nvml).map_err(GpuError::Reading);
+                let sample = sweep(&nvml);
                 *state = Init::Ready(Box::new(nvml));
                 sample
             }
@@ -102,11 +102,13 @@ impl GpuSource for NvmlSource {
 }
 
 /// One reading of every device. A device that cannot be read fails the reading, named.
-fn sweep(nvml: &Nvml) -> Result<Vec<GpuDevice>, String> {
-    let count = nvml.device_count().map_err(describe)?;
+fn sweep(nvml: &Nvml) -> Result<Vec<GpuDevice>, GpuError> {
+    let count = nvml
+        .device_count()
+        .map_err(|e| reading_error(e, String::new()))?;
     let mut devices = Vec::with_capacity(count as usize);
     for index in 0..count {
-        let on_device = |e: NvmlError| format!("GPU {index}: {}", describe(e));
+        let on_device = |e: NvmlError| reading_error(e, format!("GPU {index}: "));
         let device = nvml.device_by_index(index).map_err(on_device)?;
         let memory = device.memory_info().map_err(on_device)?;
         let utilization = device.utilization_rates().ok();
@@ -168,6 +170,17 @@ fn init(library: Option<&OsStr>) -> Result<Nvml, String> {
         .init()
         .or_else(|first| Nvml::init().map_err(|_| first))
         .map_err(describe)
+}
+
+/// A failed reading: transient, except for a function the library lacks (that one will
+/// never be there: the driver is older than what runstream needs).
+fn reading_error(e: NvmlError, context: String) -> GpuError {
+    let permanent = matches!(e, NvmlError::FailedToLoadSymbol(_));
+    let reason = format!("{context}{}", describe(e));
+    match permanent {
+        true => GpuError::Unavailable(reason),
+        false => GpuError::Reading(reason),
+    }
 }
 
 /// The real reason, in words: library not found, driver not loaded, no permission, a

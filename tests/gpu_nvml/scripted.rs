@@ -17,6 +17,8 @@ pub enum Variant {
     Full,
     /// Without `nvmlInit_v2`.
     NoInit,
+    /// Without `nvmlDeviceGetMemoryInfo_v2` (a driver older than R510).
+    NoMemoryV2,
 }
 
 impl Variant {
@@ -24,6 +26,7 @@ impl Variant {
         match self {
             Variant::Full => &[],
             Variant::NoInit => &["-DOMIT_INIT"],
+            Variant::NoMemoryV2 => &["-DOMIT_MEMORY_V2"],
         }
     }
 }
