@@ -156,6 +156,7 @@ impl Engine {
             total_entries: None,
             gpu_memory_bytes: None,
             gpu_memory_peak_bytes: None,
+            gpu_utilization_percent: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
         };

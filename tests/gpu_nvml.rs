@@ -198,6 +198,7 @@ fn runstream_gpu_lists_the_cards_and_processes_nvml_reports() {
     let state = State {
         devices: vec![Device::card(0, 30 * GIB), Device::card(1, 20 * GIB)],
         processes: vec![(1, 4242, Some(3 * GIB)), (1, 4343, None)],
+        sm: vec![(1, 4242, 93)],
         ..State::default()
     };
     let Some(nvml) = ScriptedNvml::new(Variant::Full, &state) else {
@@ -218,8 +219,9 @@ fn runstream_gpu_lists_the_cards_and_processes_nvml_reports() {
     assert!(lines[2].contains("12288 /  32768 MiB") && lines[2].contains("41%"));
     // The process list came through NVML_ERROR_INSUFFICIENT_SIZE and 24-byte records;
     // NVML_VALUE_NOT_AVAILABLE is shown as unknown.
-    assert!(out.contains("1       4242     3072 MiB"), "{out}");
-    assert!(out.contains("1       4343            -"), "{out}");
+    // SM % through nvmlDeviceGetProcessUtilization; none for 4343 (NOT_FOUND for it).
+    assert!(out.contains("1       4242     3072 MiB  93%"), "{out}");
+    assert!(out.contains("1       4343            -    -"), "{out}");
     // Memory came through nvmlDeviceGetMemoryInfo_v2 with NVML_STRUCT_VERSION(Memory, 2)
     // (the library refuses any other version word), never the v1 call.
     assert_eq!(nvml.calls("nvmlDeviceGetMemoryInfo_v2"), 2);
@@ -311,7 +313,7 @@ fn a_grandchilds_gpu_memory_is_its_runs_in_the_api_sse_and_metrics() {
     let event = sse.until(|e| e.event == "gpu").pop().unwrap();
     assert_eq!(
         event.json(),
-        json!({"gpu_memory_bytes": 2 * GIB, "gpu_memory_peak_bytes": 2 * GIB})
+        json!({"gpu_memory_bytes": 2 * GIB, "gpu_memory_peak_bytes": 2 * GIB, "gpu_utilization_percent": null})
     );
     nvml.set(&State {
         processes: vec![(0, grandchild, Some(GIB))],
@@ -320,7 +322,7 @@ fn a_grandchilds_gpu_memory_is_its_runs_in_the_api_sse_and_metrics() {
     let event = sse.until(|e| e.event == "gpu").pop().unwrap();
     assert_eq!(
         event.json(),
-        json!({"gpu_memory_bytes": GIB, "gpu_memory_peak_bytes": 2 * GIB}),
+        json!({"gpu_memory_bytes": GIB, "gpu_memory_peak_bytes": 2 * GIB, "gpu_utilization_percent": null}),
         "current drops, the peak stays"
     );
     let run = server.run(&id);
@@ -536,4 +538,148 @@ fn nvml_init_is_retried_and_a_driver_that_comes_later_is_used() {
         (server.get("/api/gpu")["available"] == true).then_some(())
     });
     assert!(nvml.calls("nvmlInit_v2") >= 2);
+}
+
+/// A second 8 GiB run starts beside `first`; then both are cancelled.
+fn second_run_starts(server: &Server, first: &str) {
+    let second = server.submit(&["sleep", "300"], 8192);
+    server.wait_run(&second, "the second run starts", |r| {
+        r["status"] == "running"
+    });
+    server.cancel(first);
+    server.cancel(&second);
+}
+
+/// A pid no Linux process can have (pid_max is at most 2^22): a host pid as seen from a
+/// container with its own PID namespace.
+const HOST_PID: u32 = 99_999_999;
+
+#[test]
+fn without_per_process_memory_a_runs_memory_is_unknown_and_the_queue_uses_free_memory() {
+    // Windows WDDM: NVML lists the processes, with NVML_VALUE_NOT_AVAILABLE as memory.
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &State::one_card(20 * GIB)) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let (first, grandchild) = server.submit_with_grandchild(8192);
+    let mut sse = server.stream(&first);
+    nvml.set(&State {
+        processes: vec![(0, grandchild, None)],
+        sm: vec![(0, grandchild, 57)],
+        ..State::one_card(12 * GIB)
+    });
+    let event = sse.until(|e| e.event == "gpu").pop().unwrap();
+    assert_eq!(
+        event.json(),
+        json!({"gpu_memory_bytes": null, "gpu_memory_peak_bytes": null, "gpu_utilization_percent": 57}),
+        "unknown, never 0"
+    );
+    let run = server.run(&first);
+    assert_eq!(
+        (&run["gpu_memory_bytes"], &run["gpu_utilization_percent"]),
+        (&Value::Null, &json!(57))
+    );
+    let gpu = server.get("/api/gpu");
+    assert_eq!(gpu["attribution"]["per_process"], false, "{gpu}");
+    let reason = gpu["attribution"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("per-process attribution unavailable: ") && reason.contains("WDDM"),
+        "{reason}"
+    );
+    assert_eq!(
+        gpu["runs"],
+        json!([{"run_id": first, "gpu_memory_bytes": null, "gpu_memory_peak_bytes": null, "gpu_utilization_percent": 57}])
+    );
+    let metrics = server.text("/metrics");
+    assert!(!metrics.contains(&format!(
+        "runstream_run_gpu_memory_bytes{{run_id=\"{first}\"}}"
+    )));
+    assert!(metrics.contains(&format!(
+        "runstream_run_gpu_utilization_percent{{run_id=\"{first}\"}} 57\n"
+    )));
+    // The first run's process is on the device: its promise is over, and 12 GiB free
+    // are enough for a second 8 GiB run.
+    second_run_starts(&server, &first);
+}
+
+#[test]
+fn host_pids_in_a_pid_namespace_are_detected_and_the_queue_uses_free_memory() {
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &State::one_card(20 * GIB)) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let first = server.submit(&["sleep", "300"], 8192);
+    server.wait_run(&first, "the first run starts", |r| r["status"] == "running");
+    // The first run's process, as NVML sees it: a pid of the host's namespace.
+    nvml.set(&State {
+        processes: vec![(0, HOST_PID, Some(8 * GIB))],
+        ..State::one_card(12 * GIB)
+    });
+    let gpu = poll("attribution judged", || {
+        let gpu = server.get("/api/gpu");
+        (gpu["attribution"]["per_process"] == false).then_some(gpu)
+    });
+    let reason = gpu["attribution"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "per-process attribution unavailable: none of the 1 GPU processes NVML lists is visible here"
+        ) && reason.contains("PID namespace"),
+        "{reason}"
+    );
+    assert_eq!(gpu["runs"], json!([]), "{gpu}");
+    assert_eq!(server.run(&first)["gpu_memory_bytes"], Value::Null);
+    // Memory in use grew by the first run's 8 GiB: its promise is over, and the 12 GiB
+    // free are enough for a second 8 GiB run.
+    second_run_starts(&server, &first);
+}
+
+#[test]
+fn utilisation_and_an_unlistable_process_list_mid_run_are_honest_and_recover() {
+    let Some(nvml) = ScriptedNvml::new(Variant::Full, &State::one_card(30 * GIB)) else {
+        return;
+    };
+    let server = Server::start(&nvml);
+    let (id, grandchild) = server.submit_with_grandchild(0);
+    let on_gpu = |bytes, sm: Option<u32>| State {
+        processes: vec![(0, grandchild, Some(bytes))],
+        sm: sm.map(|sm| (0, grandchild, sm)).into_iter().collect(),
+        ..State::one_card(30 * GIB - bytes)
+    };
+    nvml.set(&on_gpu(GIB, Some(80)));
+    server.wait_run(&id, "1 GiB at 80 % SM", |r| {
+        r["gpu_memory_bytes"] == GIB && r["gpu_utilization_percent"] == 80
+    });
+    // No sample since the last sweep (NVML_ERROR_NOT_FOUND): utilisation unknown.
+    nvml.set(&on_gpu(GIB, None));
+    server.wait_run(&id, "utilisation unknown", |r| {
+        r["gpu_utilization_percent"].is_null()
+    });
+    assert_eq!(server.run(&id)["gpu_memory_bytes"], GIB);
+    // The process list cannot be read: memory unknown (not 0), the peak kept.
+    nvml.set(&State {
+        fail: vec![("nvmlDeviceGetComputeRunningProcesses_v3", "NOT_SUPPORTED")],
+        ..on_gpu(GIB, None)
+    });
+    let run = server.wait_run(&id, "memory unknown", |r| r["gpu_memory_bytes"].is_null());
+    assert_eq!(run["gpu_memory_peak_bytes"], GIB);
+    let gpu = server.get("/api/gpu");
+    assert_eq!(gpu["available"], true);
+    assert_eq!(
+        gpu["attribution"]["reason"],
+        "per-process attribution unavailable: GPU 0: its processes cannot be listed \
+         (not supported on this GPU)"
+    );
+    assert_eq!(
+        gpu["devices"][0]["processes_error"],
+        "not supported on this GPU"
+    );
+    nvml.set(&on_gpu(2 * GIB, Some(30)));
+    server.wait_run(&id, "readable again", |r| {
+        r["gpu_memory_bytes"] == 2 * GIB && r["gpu_utilization_percent"] == 30
+    });
+    assert_eq!(
+        server.get("/api/gpu")["attribution"],
+        json!({"per_process": true})
+    );
+    server.cancel(&id);
 }

@@ -5,6 +5,7 @@
 //! loaded at run time, so the same binary runs on machines without a driver — then every
 //! report says why it has no GPU. Tests supply their own source.
 
+mod attribution;
 mod monitor;
 #[cfg(feature = "gpu")]
 mod nvml;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use attribution::Attribution;
 pub use monitor::{GpuMonitor, RunGpuUsage};
 #[cfg(feature = "gpu")]
 pub use nvml::{NvmlSource, NVML_LIBRARY_VAR};
@@ -43,6 +45,9 @@ pub struct GpuDevice {
     pub power_watts: Option<f64>,
     /// Processes using the GPU for compute.
     pub processes: Vec<GpuProcess>,
+    /// Why `processes` could not be read (then it is empty, and says nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes_error: Option<String>,
 }
 
 /// A process using a GPU.
@@ -50,8 +55,11 @@ pub struct GpuDevice {
 pub struct GpuProcess {
     /// Its pid (often a grandchild of a run's leader, e.g. `python` under `sh`).
     pub pid: u32,
-    /// GPU memory it uses, bytes, when the driver says.
+    /// GPU memory it uses, bytes, when the driver says (not under Windows WDDM).
     pub used_memory_bytes: Option<u64>,
+    /// Percent of the last sample period in which its kernels ran on the streaming
+    /// multiprocessors, when the driver has a sample for it.
+    pub sm_utilization_percent: Option<u32>,
 }
 
 /// Why a sample has no reading.

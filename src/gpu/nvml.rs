@@ -1,6 +1,7 @@
 //! The NVML source: NVML initialised once (it loads `libnvidia-ml.so.1`, or the library
 //! named by `RUNSTREAM_NVML_LIBRARY`), then one sweep of every device per sample.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::{Device, Nvml};
 
 use super::{GpuDevice, GpuError, GpuProcess, GpuSource};
 
@@ -38,12 +39,20 @@ enum Init {
     #[default]
     NotTried,
     /// Boxed: the function table is almost 10 KB.
-    Ready(Box<Nvml>),
+    Ready(Box<Ready>),
     Failed {
         reason: String,
         retry_at: Instant,
         backoff: Duration,
     },
+}
+
+/// NVML, started.
+struct Ready {
+    nvml: Nvml,
+    /// Per device, the newest process utilisation sample read (NVML's µs timestamp): the
+    /// next sweep asks for newer ones only.
+    utilization_seen: HashMap<u32, u64>,
 }
 
 impl NvmlSource {
@@ -75,8 +84,8 @@ impl std::fmt::Debug for NvmlSource {
 impl GpuSource for NvmlSource {
     fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
         let mut state = self.nvml.lock().unwrap_or_else(|e| e.into_inner());
-        let backoff = match &*state {
-            Init::Ready(nvml) => return sweep(nvml),
+        let backoff = match &mut *state {
+            Init::Ready(ready) => return ready.sweep(),
             Init::Failed {
                 reason, retry_at, ..
             } if Instant::now() < *retry_at => return Err(GpuError::Unavailable(reason.clone())),
@@ -85,8 +94,12 @@ impl GpuSource for NvmlSource {
         };
         match init(self.library.as_deref()) {
             Ok(nvml) => {
-                let sample = sweep(&nvml);
-                *state = Init::Ready(Box::new(nvml));
+                let mut ready = Box::new(Ready {
+                    nvml,
+                    utilization_seen: HashMap::new(),
+                });
+                let sample = ready.sweep();
+                *state = Init::Ready(ready);
                 sample
             }
             Err(reason) => {
@@ -101,45 +114,70 @@ impl GpuSource for NvmlSource {
     }
 }
 
-/// One reading of every device. A device that cannot be read fails the reading, named.
-fn sweep(nvml: &Nvml) -> Result<Vec<GpuDevice>, GpuError> {
-    let count = nvml
-        .device_count()
-        .map_err(|e| reading_error(e, String::new()))?;
-    let mut devices = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        let on_device = |e: NvmlError| reading_error(e, format!("GPU {index}: "));
-        let device = nvml.device_by_index(index).map_err(on_device)?;
-        let memory = device.memory_info().map_err(on_device)?;
-        let utilization = device.utilization_rates().ok();
-        // An empty list when nothing runs; errors (e.g. not supported) read as none.
-        let processes = device
-            .running_compute_processes()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| GpuProcess {
-                pid: p.pid,
-                used_memory_bytes: match p.used_gpu_memory {
-                    UsedGpuMemory::Used(bytes) => Some(bytes),
-                    UsedGpuMemory::Unavailable => None,
-                },
-            })
-            .collect();
-        devices.push(GpuDevice {
-            index,
-            name: device.name().unwrap_or_default(),
-            uuid: device.uuid().unwrap_or_default(),
-            memory_total_bytes: memory.total,
-            memory_used_bytes: memory.used,
-            memory_free_bytes: memory.free,
-            utilization_gpu_percent: utilization.as_ref().map(|u| u.gpu),
-            utilization_memory_percent: utilization.as_ref().map(|u| u.memory),
-            temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok(),
-            power_watts: device.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
-            processes,
-        });
+impl Ready {
+    /// One reading of every device. A device that cannot be read fails the reading,
+    /// named; a process list or utilisation that cannot be read is said in the device.
+    fn sweep(&mut self) -> Result<Vec<GpuDevice>, GpuError> {
+        let nvml = &self.nvml;
+        let count = nvml
+            .device_count()
+            .map_err(|e| reading_error(e, String::new()))?;
+        let mut devices = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let on_device = |e: NvmlError| reading_error(e, format!("GPU {index}: "));
+            let device = nvml.device_by_index(index).map_err(on_device)?;
+            let memory = device.memory_info().map_err(on_device)?;
+            let utilization = device.utilization_rates().ok();
+            let seen = self.utilization_seen.entry(index).or_default();
+            let sm = process_sm_utilization(&device, seen);
+            let (processes, processes_error) = match device.running_compute_processes() {
+                Ok(processes) => (processes, None),
+                Err(e) => (Vec::new(), Some(describe(e))),
+            };
+            let processes = processes
+                .into_iter()
+                .map(|p| GpuProcess {
+                    pid: p.pid,
+                    used_memory_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(bytes) => Some(bytes),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                    sm_utilization_percent: sm.get(&p.pid).copied(),
+                })
+                .collect();
+            devices.push(GpuDevice {
+                index,
+                name: device.name().unwrap_or_default(),
+                uuid: device.uuid().unwrap_or_default(),
+                memory_total_bytes: memory.total,
+                memory_used_bytes: memory.used,
+                memory_free_bytes: memory.free,
+                utilization_gpu_percent: utilization.as_ref().map(|u| u.gpu),
+                utilization_memory_percent: utilization.as_ref().map(|u| u.memory),
+                temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok(),
+                power_watts: device.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+                processes,
+                processes_error,
+            });
+        }
+        Ok(devices)
     }
-    Ok(devices)
+}
+
+/// SM utilisation per pid from the samples newer than `seen` (the newest sample of each
+/// pid), and `seen` moved to the newest. Empty when NVML has none (`NotFound`: nothing ran
+/// kernels since) or cannot say (not supported): those processes' utilisation is unknown.
+fn process_sm_utilization(device: &Device<'_>, seen: &mut u64) -> HashMap<u32, u32> {
+    let since = (*seen > 0).then_some(*seen);
+    let mut newest: HashMap<u32, (u64, u32)> = HashMap::new();
+    for sample in device.process_utilization_stats(since).unwrap_or_default() {
+        let entry = newest.entry(sample.pid).or_insert((0, 0));
+        if sample.timestamp >= entry.0 {
+            *entry = (sample.timestamp, sample.sm_util);
+        }
+        *seen = (*seen).max(sample.timestamp);
+    }
+    newest.into_iter().map(|(pid, (_, sm))| (pid, sm)).collect()
 }
 
 /// The NVML library. A unix machine with only the driver has `libnvidia-ml.so.1` and not
@@ -201,6 +239,7 @@ fn describe(e: NvmlError) -> String {
         NvmlError::NoPermission => "no permission to talk to the NVIDIA driver".into(),
         NvmlError::GpuLost => "the GPU fell off the bus or cannot be reached".into(),
         NvmlError::Timeout => "NVML timed out".into(),
+        NvmlError::NotSupported => "not supported on this GPU".into(),
         NvmlError::Unknown => "NVML reported an internal driver error".into(),
         other => format!("NVML error: {other}"),
     }
