@@ -34,8 +34,11 @@ fn poll<T>(what: &str, mut done: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// Waits until runstream has started `n` more sweeps than it had when called: the
-/// state set before the call has then been read at least `n - 1` times.
+/// Waits until runstream has started `n` more sweeps than it had when called. The first
+/// of them may have read the state before it was set; every later one read the new state,
+/// and all but the last have been applied (the sampler sweeps one after the other). So
+/// after `n = 3`, with no other caller sampling meanwhile (`/api/gpu` does), at least one
+/// sweep of the new state has been applied.
 fn wait_sweeps(nvml: &ScriptedNvml, n: usize) {
     let start = nvml.calls(SWEEP);
     poll(&format!("{n} more NVML sweeps"), || {
@@ -380,7 +383,7 @@ fn the_vram_queue_holds_releases_and_never_double_books() {
         r["status"] == "completed"
     });
     let second = server.submit(&["sh", "-c", "sleep 300 & echo $!; wait"], 4096);
-    wait_sweeps(&nvml, 2);
+    wait_sweeps(&nvml, 3);
     assert_eq!(server.run(&first)["status"], "queued");
     // 5 GiB free: the first starts; the second waits, 4 GiB being promised to the first
     // although the driver does not show its process yet.
@@ -402,7 +405,7 @@ fn the_vram_queue_holds_releases_and_never_double_books() {
     server.wait_run(&first, "the first run's memory seen", |r| {
         r["gpu_memory_bytes"] == 4 * GIB
     });
-    wait_sweeps(&nvml, 2);
+    wait_sweeps(&nvml, 3);
     assert_eq!(server.run(&second)["status"], "queued");
     // The first ends and frees its memory: the second starts.
     server.cancel(&first);
@@ -454,10 +457,10 @@ fn device_errors_mid_run_are_reported_and_recovered_from() {
                 .contains("runstream_gpu_available 0"),
             "{code}"
         );
+        // Recovered at the first good sweep.
         nvml.set(&on_gpu(2 * GIB));
-        server.wait_run(&id, "the new reading after recovery", |r| {
-            r["gpu_memory_bytes"] == 2 * GIB
-        });
+        wait_sweeps(&nvml, 3);
+        assert_eq!(server.run(&id)["gpu_memory_bytes"], 2 * GIB, "{code}");
         assert_eq!(server.get("/api/gpu")["available"], true);
         nvml.set(&on_gpu(GIB));
         server.wait_run(&id, "1 GiB again", |r| r["gpu_memory_bytes"] == GIB);
