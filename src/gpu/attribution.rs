@@ -15,19 +15,36 @@ pub struct Attribution {
     /// Why not, when `per_process` is false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The processes NVML lists are not visible here (a container with its own PID
-    /// namespace): no run can be matched to them.
+    /// Which case, when `per_process` is false.
     #[serde(skip)]
-    pub pids_hidden: bool,
+    pub(crate) lack: Option<Lack>,
+}
+
+/// What keeps GPU memory from being attributed to processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lack {
+    /// A device's process list cannot be read: no run's memory is known.
+    ListUnreadable,
+    /// Processes are listed without their memory (Windows WDDM): the memory of runs with
+    /// such a process is unknown; the processes are still matched to runs.
+    NoMemoryPerProcess,
+    /// No listed pid is visible here (a container with its own PID namespace): no run can
+    /// be matched, so no run's memory is known.
+    PidsHidden,
 }
 
 impl Attribution {
-    fn unavailable(reason: String, pids_hidden: bool) -> Attribution {
+    fn unavailable(reason: String, lack: Lack) -> Attribution {
         Attribution {
             per_process: false,
             reason: Some(format!("per-process attribution unavailable: {reason}")),
-            pids_hidden,
+            lack: Some(lack),
         }
+    }
+
+    /// Whether no run's GPU memory can be known from this reading.
+    pub(crate) fn no_run_known(&self) -> bool {
+        matches!(self.lack, Some(Lack::ListUnreadable | Lack::PidsHidden))
     }
 }
 
@@ -37,17 +54,22 @@ pub(crate) fn judge(devices: &[GpuDevice], visible: impl Fn(u32) -> bool) -> Att
         let why = d.processes_error.as_deref().unwrap_or_default();
         return Attribution::unavailable(
             format!("GPU {}: its processes cannot be listed ({why})", d.index),
-            false,
+            Lack::ListUnreadable,
         );
     }
     let processes = || devices.iter().flat_map(|d| &d.processes);
-    if processes().any(|p| p.used_memory_bytes.is_none()) {
+    let without_memory = processes()
+        .filter(|p| p.used_memory_bytes.is_none())
+        .count();
+    if without_memory > 0 {
         return Attribution::unavailable(
-            "the driver reports no GPU memory per process (Windows WDDM, as on GeForce \
-             cards: only TCC mode reports it); a run's GPU memory is unknown, and runs \
-             waiting for GPU memory go by the devices' free memory"
-                .into(),
-            false,
+            format!(
+                "the driver reports no GPU memory for {without_memory} of the processes it \
+                 lists (as under Windows WDDM, e.g. GeForce cards: only TCC mode reports \
+                 it); the GPU memory of a run with such a process is unknown, and runs \
+                 waiting for GPU memory go by the devices' free memory"
+            ),
+            Lack::NoMemoryPerProcess,
         );
     }
     // NVML reports pids of its own (the host's) PID namespace. In a container with a PID
@@ -62,7 +84,7 @@ pub(crate) fn judge(devices: &[GpuDevice], visible: impl Fn(u32) -> bool) -> Att
                  the host's pids); a run's GPU memory is unknown, and runs waiting for GPU \
                  memory go by the devices' free memory"
             ),
-            true,
+            Lack::PidsHidden,
         );
     }
     Attribution {
@@ -108,11 +130,15 @@ mod tests {
         let mine = |pid| pid == 7;
         assert!(judge(&[device(&[(7, Some(1))])], mine).per_process);
         assert!(judge(&[device(&[])], mine).per_process, "nothing listed");
-        let wddm = judge(&[device(&[(7, None)])], mine);
-        assert!(!wddm.per_process && !wddm.pids_hidden);
-        assert!(wddm.reason.unwrap().contains("WDDM"));
+        let wddm = judge(&[device(&[(7, None), (8, Some(1))])], mine);
+        assert!(!wddm.per_process && !wddm.no_run_known());
+        assert!(wddm
+            .reason
+            .unwrap()
+            .contains("no GPU memory for 1 of the processes"));
         let hidden = judge(&[device(&[(8, Some(1)), (9, Some(1))])], mine);
-        assert!(!hidden.per_process && hidden.pids_hidden);
+        assert!(!hidden.per_process && hidden.no_run_known());
+        assert_eq!(hidden.lack, Some(Lack::PidsHidden));
         assert!(hidden
             .reason
             .unwrap()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::attribution::{self, Attribution};
+use super::attribution::{self, Attribution, Lack};
 use super::{GpuDevice, GpuError, GpuSource};
 use crate::capture::OutputCapture;
 use crate::process;
@@ -408,12 +408,12 @@ impl GpuMonitor {
                 // The run's processes cannot be seen (other pids): the promise holds until
                 // the device's memory in use grew by as much.
                 let used = devices.iter().find(|d| d.index == p.device);
-                !(judged.pids_hidden
+                !(judged.lack == Some(Lack::PidsHidden)
                     && used.is_some_and(|d| d.memory_used_bytes >= p.used_before + p.bytes))
             });
             for (pgid, run) in s.runs.iter_mut() {
                 let seen = per_group.remove(pgid);
-                let usage = run.next_usage(seen.as_ref(), judged.per_process);
+                let usage = run.next_usage(seen.as_ref(), judged.no_run_known());
                 run.on_gpu = seen.is_some();
                 if usage != run.usage {
                     run.usage = usage.clone();
@@ -457,12 +457,14 @@ impl Seen {
 
 impl TrackedRun {
     /// The run's numbers after a sample that showed `seen` of its processes.
-    fn next_usage(&self, seen: Option<&Seen>, attributable: bool) -> RunGpuUsage {
+    /// `no_run_known`: the reading cannot show any run's memory (see [`Attribution`]).
+    fn next_usage(&self, seen: Option<&Seen>, no_run_known: bool) -> RunGpuUsage {
         let before = &self.usage;
         let memory = match seen {
             // Where the driver does not attribute memory (or pids are not ours), a run's
             // memory is unknown: never a made-up 0.
-            _ if !attributable => None,
+            _ if no_run_known => None,
+            // `None` when one of its processes is listed without its memory (WDDM).
             Some(seen) => seen.bytes,
             // Off the GPU: 0 once it was seen using memory, unknown until then.
             None => before.gpu_memory_bytes.map(|_| 0),
