@@ -47,9 +47,15 @@ fn build(variant: Variant) -> Result<PathBuf, String> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scripted-nvml");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let out = dir.join(format!("libnvidia-ml-{variant:?}.so"));
+    // Built beside it and renamed into place: a server of another test run may have the
+    // old file loaded, and overwriting a loaded library in place crashes it.
+    let building = dir.join(format!(
+        "libnvidia-ml-{variant:?}.so.{}",
+        std::process::id()
+    ));
     let output = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
-        .arg(&out)
+        .arg(&building)
         .args(variant.defines())
         .arg(&source)
         .output()
@@ -62,6 +68,7 @@ fn build(variant: Variant) -> Result<PathBuf, String> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    fs::rename(&building, &out).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(out)
 }
 
