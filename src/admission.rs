@@ -223,6 +223,57 @@ mod tests {
         assert_eq!(a.counts(), (0, 0));
     }
 
+    /// A GPU whose every reading fails for a moment.
+    #[derive(Debug)]
+    struct Lost;
+
+    impl crate::gpu::GpuSource for Lost {
+        fn sample(&self) -> Result<Vec<crate::gpu::GpuDevice>, crate::gpu::GpuError> {
+            Err(crate::gpu::GpuError::Reading("GPU 0: lost".into()))
+        }
+    }
+
+    #[test]
+    fn waiting_runs_are_told_what_they_wait_for_and_a_bad_reading_fails_none() {
+        let a = Admission::new(1, GpuMonitor::new(Arc::new(Lost), Duration::from_secs(1)));
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let recorder = |run: &'static str| -> TellWaiting {
+            let told = Arc::clone(&told);
+            Box::new(move |why, announce| {
+                told.lock().unwrap().push((run, why.to_string(), announce))
+            })
+        };
+        let gpu = a.enqueue(1024, recorder("gpu"));
+        let cpu = a.enqueue(0, recorder("cpu"));
+        assert!(
+            gpu.admitted.try_recv().is_err(),
+            "still waiting, not failed"
+        );
+        assert!(
+            cpu.admitted.try_recv().is_ok(),
+            "not held behind the GPU run"
+        );
+        let slot = a.enqueue(0, recorder("slot"));
+        let why = "gpu_memory: the GPUs cannot be read now (GPU 0: lost); waiting for a reading";
+        assert_eq!(
+            *told.lock().unwrap(),
+            [
+                ("gpu", why.to_string(), false),
+                // The only slot went to the other run: now it waits for a slot first.
+                ("gpu", "slot".into(), true),
+                ("slot", "slot".into(), false),
+            ]
+        );
+        // The slot frees: the GPU run still cannot start, the next one does.
+        a.release();
+        assert!(slot.admitted.try_recv().is_ok());
+        a.release();
+        assert!(gpu.admitted.try_recv().is_err());
+        assert_eq!(told.lock().unwrap()[3], ("gpu", why.to_string(), true));
+        a.recheck();
+        assert_eq!(told.lock().unwrap().len(), 4, "told again only on a change");
+    }
+
     #[test]
     fn a_gpu_run_without_a_gpu_is_told_why() {
         let a = admission(4);
