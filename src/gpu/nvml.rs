@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
-use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::error::{nvml_try, NvmlError};
 use nvml_wrapper::{Device, Nvml};
 
 use super::{GpuDevice, GpuError, GpuProcess, GpuSource};
@@ -126,7 +126,7 @@ impl Ready {
         for index in 0..count {
             let on_device = |e: NvmlError| reading_error(e, format!("GPU {index}: "));
             let device = nvml.device_by_index(index).map_err(on_device)?;
-            let memory = device.memory_info().map_err(on_device)?;
+            let memory = memory_info(nvml, &device).map_err(on_device)?;
             let utilization = device.utilization_rates().ok();
             let seen = self.utilization_seen.entry(index).or_default();
             let sm = process_sm_utilization(&device, seen);
@@ -161,6 +161,40 @@ impl Ready {
             });
         }
         Ok(devices)
+    }
+}
+
+/// The `nvmlMemory_t` of `nvml.h` (the v1 memory call's answer).
+#[repr(C)]
+#[derive(Default)]
+struct Memory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+/// A device's memory: through `nvmlDeviceGetMemoryInfo_v2` (what nvml-wrapper calls), or,
+/// where the driver predates it (before R510: the R470 long-term branch is still common on
+/// clusters), through the v1 call.
+fn memory_info(nvml: &Nvml, device: &Device<'_>) -> Result<Memory, NvmlError> {
+    match device.memory_info() {
+        Ok(m) => Ok(Memory {
+            total: m.total,
+            free: m.free,
+            used: m.used,
+        }),
+        Err(NvmlError::FailedToLoadSymbol(_)) if nvml.lib().nvmlDeviceGetMemoryInfo.is_ok() => {
+            let mut memory = Memory::default();
+            // SAFETY: the symbol was found (checked above, so the call does not panic);
+            // the handle is a live device of this NVML; `memory` has nvmlMemory_t's layout
+            // and outlives the call.
+            let rc = unsafe {
+                nvml.lib()
+                    .nvmlDeviceGetMemoryInfo(device.handle(), (&mut memory as *mut Memory).cast())
+            };
+            nvml_try(rc).map(|()| memory)
+        }
+        Err(e) => Err(e),
     }
 }
 
