@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::sse_client::SseClient;
-use crate::util::PATIENCE;
+use crate::util::{live_group_members, PATIENCE};
 use scripted::{Device, ScriptedNvml, State, Variant, GIB};
 
 /// The function whose call starts each of runstream's sweeps.
@@ -310,6 +310,7 @@ fn a_grandchilds_gpu_memory_is_its_runs_in_the_api_sse_and_metrics() {
     let (id, grandchild) = server.submit_with_grandchild(0);
     let pgid = server.run(&id)["pid"].as_u64().unwrap() as u32;
     assert_ne!(grandchild, pgid, "NVML sees the grandchild, not the leader");
+    assert!(live_group_members(pgid).contains(&grandchild), "in the leader's group");
     let mut sse = server.stream(&id);
     nvml.set(&State {
         processes: vec![(0, grandchild, Some(2 * GIB))],
