@@ -310,7 +310,10 @@ fn a_grandchilds_gpu_memory_is_its_runs_in_the_api_sse_and_metrics() {
     let (id, grandchild) = server.submit_with_grandchild(0);
     let pgid = server.run(&id)["pid"].as_u64().unwrap() as u32;
     assert_ne!(grandchild, pgid, "NVML sees the grandchild, not the leader");
-    assert!(live_group_members(pgid).contains(&grandchild), "in the leader's group");
+    assert!(
+        live_group_members(pgid).contains(&grandchild),
+        "in the leader's group"
+    );
     let mut sse = server.stream(&id);
     nvml.set(&State {
         processes: vec![(0, grandchild, Some(2 * GIB))],

@@ -77,7 +77,9 @@ impl NvmlSource {
 
 impl std::fmt::Debug for NvmlSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("NvmlSource")
+        f.debug_struct("NvmlSource")
+            .field("library", &self.library)
+            .finish_non_exhaustive()
     }
 }
 
