@@ -547,7 +547,7 @@ impl<'a> Supervisor<'a> {
                 }
                 Input::Eof(stream) => {
                     let i = stream_index(stream);
-                    self.splitters[i].flush(&mut lines);
+                    self.splitters[i].finish(&mut lines);
                     for line in lines.drain(..) {
                         self.out.push_line(stream, line, timestamp);
                     }
@@ -739,7 +739,7 @@ impl<'a> Supervisor<'a> {
         self.finished = true;
         let mut lines = Vec::new();
         for i in 0..2 {
-            self.splitters[i].flush(&mut lines);
+            self.splitters[i].finish(&mut lines);
             let stream = [Stream::Stdout, Stream::Stderr][i];
             for line in lines.drain(..) {
                 self.out.push_line(stream, line, Timestamp::now());
