@@ -12,6 +12,7 @@ use crossbeam_channel::{unbounded, Sender};
 
 use crate::admission::Admission;
 use crate::capture::{OutputCapture, Subscription};
+use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::run::{self, Control, RunContext, StopReason};
 use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
@@ -269,7 +270,7 @@ impl Engine {
                 let _ = run.inner.control.send(Control::Stop(StopReason::Shutdown));
             }
         }
-        let until = Instant::now() + deadline;
+        let until = deadline::after(deadline);
         let mut all_done = true;
         for run in &runs {
             if run.capture().wait_finished(Some(until)).is_none() {
@@ -289,7 +290,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let grace = self.config.default_grace;
-        self.shutdown(grace + Duration::from_secs(1));
+        self.shutdown(grace.saturating_add(Duration::from_secs(1)));
         self.gpu.stop();
     }
 }
@@ -411,7 +412,7 @@ impl RunHandle {
     pub fn wait_timeout(&self, timeout: Duration) -> Option<RunStatus> {
         self.inner
             .capture
-            .wait_finished(Some(Instant::now() + timeout))
+            .wait_finished(Some(deadline::after(timeout)))
     }
 }
 

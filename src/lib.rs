@@ -42,6 +42,7 @@
 mod admission;
 mod capture;
 mod config;
+mod deadline;
 mod engine;
 mod entry;
 pub mod gpu;

@@ -12,6 +12,7 @@ use shared_child::SharedChild;
 
 use crate::admission::{Admission, Ticket};
 use crate::capture::OutputCapture;
+use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::logfile::LogWriter;
 use crate::process::{self, Signal};
@@ -454,7 +455,7 @@ impl<'a> Supervisor<'a> {
             open_streams: 2,
             stopper,
             stop_reason: None,
-            timeout_at: ctx.spec.timeout.map(|t| Instant::now() + t),
+            timeout_at: ctx.spec.timeout.map(deadline::after),
             kill_at: None,
             killed_at: None,
             exit: None,
@@ -517,7 +518,7 @@ impl<'a> Supervisor<'a> {
         if self.exit.is_some() {
             // Output still flowing after the exit is drained, not cut off: the leak
             // deadline counts from the last byte.
-            self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+            self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
         }
         let mut lines = Vec::new();
         let mut next = Some(first);
@@ -539,7 +540,9 @@ impl<'a> Supervisor<'a> {
                         let now = Instant::now();
                         let since = *self.pending_since[i].get_or_insert(now);
                         let quiet = self.ctx.config.partial_flush;
-                        self.flush_at[i] = Some((now + quiet).min(since + quiet * 10));
+                        let longest = quiet.saturating_mul(10);
+                        self.flush_at[i] =
+                            Some(deadline::later(now, quiet).min(deadline::later(since, longest)));
                     } else {
                         self.flush_at[i] = None;
                         self.pending_since[i] = None;
@@ -580,11 +583,11 @@ impl<'a> Supervisor<'a> {
                         &format!("{n} process(es) of the group outlived the leader"),
                         "",
                     );
-                    self.kill_at.get_or_insert(Instant::now() + self.grace);
+                    self.kill_at.get_or_insert(deadline::after(self.grace));
                 }
             }
         }
-        self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+        self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
     }
 
     /// Graceful stop: SIGTERM to the group now, SIGKILL when the grace period ends.
@@ -625,7 +628,7 @@ impl<'a> Supervisor<'a> {
                 &why,
                 &format!(" (grace period {} s)", self.grace.as_secs_f64()),
             );
-            self.kill_at = Some(Instant::now() + self.grace);
+            self.kill_at = Some(deadline::after(self.grace));
         }
     }
 
@@ -641,7 +644,7 @@ impl<'a> Supervisor<'a> {
         self.kill_at = None;
         if self.exit.is_some() {
             // Dying members release the pipes shortly: give them a fresh leak window.
-            self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+            self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
         }
     }
 

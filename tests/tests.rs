@@ -14,6 +14,8 @@ mod gpu;
 mod http_limits;
 mod portable;
 #[cfg(unix)]
+mod reliability;
+#[cfg(unix)]
 mod server;
 #[cfg(unix)]
 mod server_process;

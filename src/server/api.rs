@@ -14,7 +14,7 @@ use super::http::{
     header, json_response, query_number, query_pairs, query_value, read_json_body, request_header,
     url_path, ApiError, FullResponse,
 };
-use super::modules::BuildError;
+use super::modules::{seconds, BuildError, MAX_SECONDS};
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
 use super::{metrics, sse, AppState};
@@ -328,15 +328,11 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
     let seconds = |key: &str| -> Result<Option<Duration>, ApiError> {
         match o.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                .map(|s| Some(Duration::from_secs_f64(s)))
-                .ok_or_else(|| {
-                    ApiError::validation(format!(
-                        "\"{key}\" must be a non-negative number of seconds"
-                    ))
-                }),
+            Some(v) => v.as_f64().and_then(seconds).map(Some).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "\"{key}\" must be a number of seconds from 0 to below {MAX_SECONDS:e}"
+                ))
+            }),
         }
     };
     if let Some(t) = seconds("timeout_seconds")?.filter(|t| !t.is_zero()) {

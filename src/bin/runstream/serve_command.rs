@@ -214,7 +214,7 @@ pub fn run(options: Vec<String>) -> i32 {
     log::info!("shutting down: stopping every run (a second signal kills them at once)");
     let stopper = {
         let server = Arc::clone(&server);
-        std::thread::spawn(move || server.shutdown(grace + Duration::from_secs(2)))
+        std::thread::spawn(move || server.shutdown(grace.saturating_add(Duration::from_secs(2))))
     };
     std::thread::spawn(move || {
         if signal_rx.recv().is_ok() {
