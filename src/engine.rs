@@ -156,6 +156,7 @@ impl Engine {
             exit_code: None,
             signal: None,
             error_message: None,
+            spawn_error: None,
             waiting_for,
             progress_percent: None,
             process_start_time: None,

@@ -52,6 +52,7 @@ mod process;
 mod run;
 #[cfg(feature = "server")]
 pub mod server;
+mod spawn_error;
 mod spec;
 mod status;
 mod timestamp;
@@ -66,6 +67,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
+pub use spawn_error::SpawnErrorKind;
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};
 pub use timestamp::Timestamp;

@@ -200,14 +200,15 @@ fn run(ctx: RunContext) {
             // The supervisor untracks the run from the GPU monitor as it finishes.
             Supervisor::new(&ctx, spawned, out).run();
         }
-        Err(message) => {
+        Err(e) => {
             ctx.gpu.cancel_reservation(ticket.id);
-            out.system(Level::Error, format!("failed to start: {message}"));
+            out.system(Level::Error, format!("failed to start: {}", e.message));
             ctx.capture.finish(|s| {
                 s.status = RunState::Failed;
                 s.waiting_for = None;
                 s.started_at = started_at;
-                s.error_message = Some(message);
+                s.error_message = Some(e.message);
+                s.spawn_error = Some(e.kind);
                 s.completed_at = Some(Timestamp::now());
             });
         }

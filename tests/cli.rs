@@ -318,3 +318,16 @@ fn a_failed_write_to_stdout_stops_the_run_with_exit_1() {
         "{err}"
     );
 }
+
+/// Issue 16.8: the exit status comes from the spawn error's kind: a script whose `#!`
+/// interpreter is missing was found, so 126 (as a shell says), and stderr names the
+/// interpreter; a missing program is 127.
+#[test]
+fn a_missing_interpreter_exits_126_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let crlf = crate::reliability::script(dir.path(), "crlf.sh", "#!/bin/sh\r\necho hi\r\n");
+    let (code, _, err) = run(&["--", crlf.to_str().unwrap()]);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains(r#""/bin/sh\r""#), "{err}");
+    assert_eq!(run(&["--", "no-such-program-xyz"]).0, 127);
+}

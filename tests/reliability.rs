@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use runstream::{RunSpec, RunState};
+use runstream::{RunSpec, RunState, SpawnErrorKind};
 
 use crate::util::*;
 
@@ -38,4 +38,59 @@ fn huge_timeouts_and_grace_periods_neither_panic_nor_leak_the_child() {
     // Waiting "for ever" through the public API is no panic either.
     let run = engine.submit(RunSpec::new("true")).unwrap();
     assert!(run.wait_timeout(Duration::MAX).is_some());
+}
+
+/// Writes an executable script `name` with `text` into `dir`.
+pub fn script(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Issue 16.8: `exec` says ENOENT when a script's `#!` interpreter is missing, and the run
+/// said "program not found: <the script, which exists>". Now the kind says the
+/// interpreter, and the message names it, with a CRLF line's `\r` shown.
+#[test]
+fn a_missing_interpreter_is_named_and_its_kind_kept_in_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let crlf = script(dir.path(), "crlf.sh", "#!/bin/sh\r\necho hi\r\n");
+    let status = engine.submit(RunSpec::new(&crlf)).unwrap().wait();
+    assert_eq!(status.status, RunState::Failed);
+    assert_eq!(
+        status.spawn_error,
+        Some(SpawnErrorKind::InterpreterNotFound)
+    );
+    let message = status.error_message.unwrap();
+    assert!(message.contains(r#""/bin/sh\r""#), "{message}");
+    assert!(!message.contains("program not found"), "{message}");
+    script(dir.path(), "py.sh", "#!/no/such/python3 -u\nprint(1)\n");
+    let status = engine
+        .submit(RunSpec::new("./py.sh").cwd(dir.path()))
+        .unwrap()
+        .wait();
+    assert_eq!(
+        status.spawn_error,
+        Some(SpawnErrorKind::InterpreterNotFound)
+    );
+    assert!(status.error_message.unwrap().contains("/no/such/python3"));
+    // The other kinds.
+    let kind = |spec: RunSpec| engine.submit(spec).unwrap().wait().spawn_error;
+    assert_eq!(
+        kind(RunSpec::new("no-such-program-xyz")),
+        Some(SpawnErrorKind::NotFound)
+    );
+    assert_eq!(
+        kind(RunSpec::new("true").cwd("/no/such/dir")),
+        Some(SpawnErrorKind::BadCwd)
+    );
+    let not_executable = dir.path().join("plain.txt");
+    std::fs::write(&not_executable, "echo hi\n").unwrap();
+    assert_eq!(
+        kind(RunSpec::new(&not_executable)),
+        Some(SpawnErrorKind::PermissionDenied)
+    );
+    assert_eq!(kind(RunSpec::new("true")), None);
 }

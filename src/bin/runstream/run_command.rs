@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runstream::{Engine, EngineConfig, From, Level, Next, RunSpec, RunState, RunStatus, Stream};
+use runstream::{
+    Engine, EngineConfig, From, Level, Next, RunSpec, RunState, RunStatus, SpawnErrorKind, Stream,
+};
 
 use crate::args::RunArgs;
 use crate::stop_requests;
@@ -298,18 +300,9 @@ fn exit_code(status: &RunStatus, user_stopped: bool) -> i32 {
         _ => match (status.exit_code, status.signal) {
             (Some(code), _) => code,
             (None, Some(signal)) => 128 + signal,
-            (None, None) => {
-                // The engine's own entry already said why ("failed to start: …").
-                let not_found = status
-                    .error_message
-                    .as_deref()
-                    .is_some_and(|m| m.starts_with("program not found"));
-                if not_found {
-                    127
-                } else {
-                    126
-                }
-            }
+            // The engine's own entry already said why ("failed to start: …"); the kind
+            // decides between 127 (not found) and 126 (found, could not start).
+            (None, None) => status.spawn_error.map_or(126, SpawnErrorKind::exit_status),
         },
     }
 }
