@@ -24,7 +24,8 @@ run: runs one command through the engine in the foreground, output live.
                      file is temporary and removed at exit); if DIR cannot be
                      created or written, nothing is started (exit 2)
   The command's stdin is /dev/null: runs are not interactive.
-  Ctrl-C / SIGTERM stops the command gracefully (exit 130); a second one kills it.
+  Ctrl-C / SIGTERM stops the command gracefully (exit 130), and so does SIGHUP, the
+  terminal closing (exit 129); a second one kills it.
   Exit status: the command's own; 128+N if it died by signal N; 124 on timeout;
   127 if it could not be found, 126 if it could not be started; 141 if stdout was
   closed by its reader, 1 if stdout cannot be written (closed, read-only, disk full):
