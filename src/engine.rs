@@ -87,7 +87,7 @@ impl Engine {
     /// An engine with `config`. Starts no thread until a run is submitted.
     pub fn new(config: EngineConfig) -> Engine {
         if let Some(dir) = &config.log_dir {
-            if let Err(e) = std::fs::create_dir_all(dir) {
+            if let Err(e) = crate::logfile::create_private_dir(dir) {
                 log::error!("cannot create log directory {}: {e}", dir.display());
             }
         }

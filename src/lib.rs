@@ -67,6 +67,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
+pub use process::raise_open_file_limit;
 pub use spawn_error::SpawnErrorKind;
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};

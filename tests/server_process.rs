@@ -192,10 +192,15 @@ struct Server {
 impl Server {
     /// `runstream serve --bind 127.0.0.1:0 --data-dir DATA EXTRA...` in `cwd`.
     fn start_in(cwd: &Path, data: &Path, extra: &[&str]) -> Server {
+        Server::start_with(cwd, data, extra, runstream())
+    }
+
+    /// `start_in` from a prepared command (limits, environment, user).
+    fn start_with(cwd: &Path, data: &Path, extra: &[&str], command: Command) -> Server {
         let data = data.to_str().unwrap();
         let mut args = vec!["--bind", "127.0.0.1:0", "--data-dir", data];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(cwd, &args);
+        let mut proc = Proc::spawn_with(cwd, &args, command);
         let addr = proc.listening();
         assert!(addr.ip().is_loopback(), "{addr}");
         Server {
@@ -920,4 +925,161 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
     assert!(health.contains("\"healthy\""), "{health}");
     proc.signal(libc::SIGTERM);
     assert!(proc.wait_exit(PATIENCE).success());
+}
+
+/// Starts a raw command on `server` (started with `--allow-commands`), waits for its end,
+/// and returns its stdout lines. `headers` go with every request.
+fn command_output(server: &Server, argv: &[&str], headers: &[(&str, &str)]) -> Vec<String> {
+    let call = |req: ureq::Request| headers.iter().fold(req, |r, (k, v)| r.set(k, v));
+    let run: Value = call(server.agent.post(&server.url("/api/runs")))
+        .send_json(json!({ "argv": argv }))
+        .unwrap_or_else(|e| panic!("POST /api/runs: {e}"))
+        .into_json()
+        .unwrap();
+    let id = run["run_id"].as_str().unwrap().to_string();
+    let path = format!("/api/runs/{id}");
+    poll(PATIENCE, "the command to finish", || {
+        let run: Value = call(server.agent.get(&server.url(&path)))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()?;
+        (run["status"] == "completed").then_some(())
+    });
+    let logs: Value = call(server.agent.get(&server.url(&format!("{path}/logs"))))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["stream"] == "stdout")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 16.2: `serve` raises its soft open-file limit to the hard one, and every run's
+/// child inherited it (programs that use `select()` break above 1024). Children now get
+/// the soft limit the server started with, as Go's os/exec gives them.
+#[test]
+fn runs_get_the_open_file_limit_the_server_started_with() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = runstream();
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 512,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Server::start_with(
+        dir.path(),
+        &dir.path().join("data"),
+        &["--allow-commands"],
+        command,
+    );
+    let limits = fs::read_to_string(format!("/proc/{}/limits", server.proc.pid())).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        files.contains("4096 ") && !files.contains("512"),
+        "the server raised its own: {files}"
+    );
+    let out = command_output(&server, &["sh", "-c", "ulimit -Sn; ulimit -Hn"], &[]);
+    assert_eq!(out, ["512", "4096"]);
+}
+
+/// Issue 16.3: `RUNSTREAM_TOKEN` stayed in the server's environment, so every run could
+/// `echo $RUNSTREAM_TOKEN` (or read the server's `/proc/PID/environ`). It is now taken
+/// out of both.
+#[test]
+fn runs_cannot_read_the_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = runstream();
+    command.env("RUNSTREAM_TOKEN", "s3cret-token");
+    let server = Server::start_with(
+        dir.path(),
+        &dir.path().join("data"),
+        &["--allow-commands"],
+        command,
+    );
+    let auth = [("Authorization", "Bearer s3cret-token")];
+    let script = "echo \"[$RUNSTREAM_TOKEN]\"; tr '\\0' '\\n' < /proc/$PPID/environ | grep -c s3cret || true";
+    let out = command_output(&server, &["sh", "-c", script], &auth);
+    assert_eq!(out, ["[]", "0"]);
+    // And the token still guards the API.
+    match server.agent.get(&server.url("/api/runs")).call() {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+/// Issue 16.3: a token in the arguments is visible to every local user; `--token-file`
+/// keeps it out of them, `--help` says so, and an empty or missing file is refused.
+#[test]
+fn the_token_can_come_from_a_file_and_help_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    fs::write(&file, "from-a-file\n").unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &dir.path().join("data"),
+        &["--token-file", file.to_str().unwrap()],
+    );
+    let cmdline = fs::read(format!("/proc/{}/cmdline", server.proc.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("from-a-file"));
+    match server.agent.get(&server.url("/api/health")).call() {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let health = server
+        .agent
+        .get(&server.url("/api/health"))
+        .set("Authorization", "Bearer from-a-file")
+        .call()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    fs::write(&file, "\n").unwrap();
+    let (code, err) = serve_fails(dir.path(), &["--token-file", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--token-file"), "{err}");
+    let (code, err) = serve_fails(dir.path(), &["--token-file", "/no/such/file"]);
+    assert_eq!(code, 2, "{err}");
+    let help = runstream().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--token-file"), "{help}");
+    assert!(help.contains("Every local user can read it"), "{help}");
+}
+
+/// Issue 16.3: the data dir was 0755 and its files 0644 while they hold runs' output and
+/// parameters (environment values of raw commands among them). Now 0700 and 0600.
+#[test]
+fn the_data_dir_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_in(dir.path(), &data, &["--allow-commands"]);
+    command_output(&server, &["echo", "hi"], &[]);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("runs")), 0o700);
+    let files: Vec<PathBuf> = fs::read_dir(data.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}"); // {run_id}.json and .jsonl
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
 }

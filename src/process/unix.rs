@@ -23,6 +23,7 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, SpawnError> {
         stderr,
     } = prepare(spec)?;
     command.process_group(0);
+    super::restore_open_file_limit(&mut command);
     let child = SharedChild::spawn(&mut command).map_err(|e| SpawnError::from_spawn(spec, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.

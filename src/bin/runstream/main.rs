@@ -6,6 +6,7 @@ mod gpu_command;
 mod run_command;
 mod serve_command;
 mod stop_requests;
+mod token;
 
 use args::Command;
 

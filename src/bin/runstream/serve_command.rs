@@ -1,7 +1,7 @@
 //! `runstream serve`: the HTTP server, until SIGINT/SIGTERM (Windows: Ctrl-C/Ctrl-Break).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use runstream::{Engine, EngineConfig};
 
 use crate::args::parse_duration;
 use crate::stop_requests;
+use crate::token;
 
 pub const USAGE: &str = "\
 usage: runstream serve [OPTIONS]
@@ -17,8 +18,11 @@ usage: runstream serve [OPTIONS]
                          port 0 picks one)
   --modules FILE         module catalogue (JSON)
   --data-dir DIR         runs and their logs (default ./runstream-data)
-  --token TOKEN          require Authorization: Bearer TOKEN (or RUNSTREAM_TOKEN);
-                         needed to bind anything but loopback
+  --token TOKEN          require Authorization: Bearer TOKEN; needed to bind anything
+                         but loopback. Every local user can read it in the process
+                         list: prefer --token-file or RUNSTREAM_TOKEN (which is taken
+                         out of the environment, so runs do not inherit it)
+  --token-file FILE      the token is FILE's first line
   --allow-commands       allow POST /api/runs with a raw argv
   --cors-origin ORIGIN   allow a browser app on ORIGIN (or *) to call the API
   --max-concurrent N     runs live at once (default: CPU count); the rest queue
@@ -43,9 +47,7 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
     let mut engine = EngineConfig::default();
     let mut modules = None;
     let mut data_dir = PathBuf::from("runstream-data");
-    server.token = std::env::var("RUNSTREAM_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    server.token = token::take_from_env();
     let mut it = options.into_iter();
     while let Some(arg) = it.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -67,6 +69,7 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
             "--modules" => modules = Some(PathBuf::from(value()?)),
             "--data-dir" => data_dir = PathBuf::from(value()?),
             "--token" => server.token = Some(value()?).filter(|t| !t.is_empty()),
+            "--token-file" => server.token = Some(token::read_file(Path::new(&value()?))?),
             "--allow-commands" => server.allow_commands = true,
             "--cors-origin" => server.cors_origin = Some(parse_origin(&value()?)?),
             "--max-concurrent" => engine.max_concurrent = number(value()?)?.max(1),
@@ -171,7 +174,7 @@ pub fn run(options: Vec<String>) -> i32 {
         },
         None => Catalogue::default(),
     };
-    if let Err(e) = std::fs::create_dir_all(args.data_dir.join("runs")) {
+    if let Err(e) = create_private_dir(&args.data_dir.join("runs")) {
         eprintln!(
             "runstream: cannot create data directory {}: {e}",
             args.data_dir.display()
@@ -186,8 +189,11 @@ pub fn run(options: Vec<String>) -> i32 {
             return 1;
         }
     };
-    #[cfg(unix)]
-    raise_open_file_limit();
+    // Each connection takes descriptors, and the usual soft limit of 1024 would run out
+    // near 500 clients, well before --max-connections. Runs get the limit from before.
+    if let Some((before, after)) = runstream::raise_open_file_limit() {
+        log::debug!("open file limit raised from {before} to {after}");
+    }
     let open_to_any_site =
         args.server.cors_origin.as_deref() == Some("*") && args.server.token.is_none();
     let engine = Arc::new(Engine::new(args.engine));
@@ -233,31 +239,15 @@ pub fn run(options: Vec<String>) -> i32 {
     0
 }
 
-/// Raises the soft limit on open files to the hard one, as Go's runtime and most servers
-/// do: each connection takes two descriptors, and the usual soft limit of 1024 would run
-/// out near 500 clients, well before `--max-connections`.
-#[cfg(unix)]
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        // Some systems report an unlimited hard limit that setrlimit then refuses.
-        let wanted = limit.rlim_max.min(1 << 20);
-        if wanted <= limit.rlim_cur {
-            return;
-        }
-        let before = limit.rlim_cur;
-        limit.rlim_cur = wanted;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-            log::debug!("open file limit raised from {before} to {wanted}");
-        }
-    }
+/// Creates `dir` and its missing parents, each only for its owner (0700): the data dir
+/// holds every run's output and parameters. An existing directory keeps its mode (it may
+/// be shared on purpose, like /tmp); the files in it are 0600 anyway.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 #[cfg(test)]
