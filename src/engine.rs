@@ -69,7 +69,7 @@ impl fmt::Display for SubmitError {
         match self {
             SubmitError::ShuttingDown => write!(f, "the engine is shutting down"),
             SubmitError::InvalidSpec(why) => write!(f, "invalid run spec: {why}"),
-            SubmitError::Thread(_) => write!(f, "could not start the run's thread"),
+            SubmitError::Thread(e) => write!(f, "cannot create a thread for the run: {e}"),
         }
     }
 }

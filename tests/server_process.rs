@@ -1083,3 +1083,185 @@ fn the_data_dir_and_its_files_are_private() {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
 }
+
+/// Threads (tasks) of every process whose real uid is `uid`: what `RLIMIT_NPROC` counts.
+fn tasks_of_uid(uid: u32) -> u64 {
+    let mut tasks = 0;
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if field("Uid:") == Some(u64::from(uid)) {
+            tasks += field("Threads:").unwrap_or(0);
+        }
+    }
+    tasks
+}
+
+/// Children of process `parent`, zombies included, as (pid, state).
+fn children_of(parent: u32) -> Vec<(u32, char)> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
+        if fields[1] == parent.to_string() {
+            children.push((pid, fields[0].chars().next().unwrap()));
+        }
+    }
+    children
+}
+
+/// Sets the soft `RLIMIT_NPROC` of process `pid`, whose uid is `uid`, with util-linux's
+/// `prlimit`, run as that uid: changing another process's limits needs the same uid or
+/// `CAP_SYS_RESOURCE`, which root in a container may lack (the soft limit moves freely
+/// below the hard one).
+fn set_nproc_soft_limit(pid: u32, uid: u32, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nproc={limit}:")])
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 16.4: with the user's task limit nearly full, a run whose reader or waiter
+/// thread could not be created ended `failed: "failed"`, its only entry "exited; its
+/// status could not be read", its child left a zombie (or running, unwatched); a request
+/// whose thread could not be made got a 500 with an empty body.
+///
+/// A real limit, made deterministic: the server runs as an unprivileged uid (root ignores
+/// `RLIMIT_NPROC`), and before each POST its limit is set to the tasks that uid has now
+/// plus `k`, for k = 0..8. One POST needs a request thread, the run's thread, the child,
+/// two reader threads and a waiter thread, so as k grows each of them in turn is the one
+/// that fails (the request thread may exit before the child is made: the steps move by
+/// one, and k = 3 and 4 still meet the readers and the waiter). Every answer must be a
+/// 202 or a documented JSON error, every run must end with its real reason, and no child
+/// may be left, zombie or alive.
+#[test]
+fn a_run_that_cannot_get_its_threads_fails_with_the_reason_and_leaves_no_child() {
+    use std::os::unix::fs::chown;
+    use std::os::unix::process::CommandExt;
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIPPED a_run_that_cannot_get_its_threads…: no prlimit (util-linux)");
+        return;
+    }
+    // A uid no one uses, different for concurrent runs of this test on one machine.
+    let uid = 200_000 + std::process::id() % 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    let mut command = runstream();
+    command.uid(uid).gid(uid);
+    let mut server = Server::start_with(
+        dir.path(),
+        &dir.path().join("data"),
+        &["--allow-commands"],
+        command,
+    );
+    let pid = server.proc.pid();
+    let hard: u64 = fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(1 << 20);
+    // Warm up: the connection pool's threads exist, the first run has come and gone.
+    assert_eq!(command_output(&server, &["echo", "warm"], &[]), ["warm"]);
+    let baseline = tasks_of_uid(uid);
+    let mut outcomes = Vec::new();
+    let mut after_the_child = 0;
+    for k in 0..=8 {
+        // The threads of the previous POST are gone: the count below is exact.
+        poll(PATIENCE, "the previous run's threads to exit", || {
+            (tasks_of_uid(uid) <= baseline).then_some(())
+        });
+        // Every thread counts; a thread that exits between the count and the POST leaves
+        // a step more, which the range of k absorbs.
+        set_nproc_soft_limit(pid, uid, tasks_of_uid(uid) + k);
+        let answer = server
+            .agent
+            .post(&server.url("/api/runs"))
+            .send_json(json!({"argv": ["sleep", "60"]}));
+        set_nproc_soft_limit(pid, uid, hard);
+        let (code, body): (u16, Value) = match answer {
+            Ok(r) => (r.status(), r.into_json().unwrap()),
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap();
+                let body = serde_json::from_str(&text)
+                    .unwrap_or_else(|_| panic!("k={k}: {code} without a JSON body: {text:?}"));
+                (code, body)
+            }
+            Err(e) => panic!("k={k}: no answer: {e}"),
+        };
+        if code != 202 {
+            assert_eq!(code, 503, "k={k}: {body}");
+            assert_eq!(
+                body["error_code"], "RESOURCE_LIMIT_EXCEEDED",
+                "k={k}: {body}"
+            );
+            let detail = body["detail"].as_str().unwrap();
+            assert!(detail.contains("cannot create a thread"), "k={k}: {detail}");
+            outcomes.push(format!("k={k}: 503 {detail}"));
+            continue;
+        }
+        let id = body["run_id"].as_str().unwrap().to_string();
+        let run = poll(PATIENCE, "the run to start or fail", || {
+            let run = server.run(&id);
+            (run["status"] != "queued").then_some(run)
+        });
+        if run["status"] == "running" {
+            outcomes.push(format!("k={k}: running"));
+            let (code, _) = server.post(&format!("/api/runs/{id}/cancel"), json!(null));
+            assert_eq!(code, 200);
+            server.wait_finished(&id, PATIENCE);
+        } else {
+            assert_eq!(run["status"], "failed", "k={k}: {run}");
+            assert_eq!(run["spawn_error"], "resources", "k={k}: {run}");
+            let message = run["error_message"].as_str().unwrap();
+            assert!(
+                message.contains("Resource temporarily unavailable"),
+                "k={k}: {message}"
+            );
+            if let Some(child) = run["pid"].as_u64() {
+                // The child existed: a thread that watches it could not be made.
+                assert!(
+                    message.contains("cannot create a thread"),
+                    "k={k}: {message}"
+                );
+                assert!(
+                    !Path::new(&format!("/proc/{child}")).exists(),
+                    "k={k}: process {child} was left behind"
+                );
+                after_the_child += 1;
+            }
+            outcomes.push(format!("k={k}: failed: {message}"));
+        }
+        assert_eq!(children_of(pid), [], "k={k}: children left: {outcomes:?}");
+    }
+    assert!(
+        after_the_child > 0,
+        "no failure after the child existed: {outcomes:#?}"
+    );
+    eprintln!("{outcomes:#?}");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).success());
+}

@@ -44,7 +44,25 @@ pub fn handle(state: &Arc<AppState>, mut request: Request) {
     let origin = request_header(&request, "Origin").map(str::to_string);
     let cors = cors_headers(state.config.cors_origin.as_deref(), origin.as_deref());
     let head = *request.method() == Method::Head;
-    let response = match route(state, &mut request, !cors.is_empty()) {
+    // A bug in a handler must still get an answer: unanswered, tiny_http would send a 500
+    // with an empty body.
+    let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        route(state, &mut request, !cors.is_empty())
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        log::error!("internal error answering {}: {what}", request.url());
+        Err(ApiError::new(
+            500,
+            "INTERNAL_ERROR",
+            format!("internal error in runstream: {what}"),
+        ))
+    });
+    let response = match routed {
         Ok(Reply::Full(r)) => r,
         // HEAD of a stream or a download: its headers say enough.
         Ok(Reply::Stream(..)) if head => {
@@ -231,7 +249,8 @@ fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
             "the server is shutting down",
         )),
         Err(e @ crate::SubmitError::InvalidSpec(_)) => Err(ApiError::validation(e.to_string())),
-        Err(e) => Err(ApiError::new(500, "INTERNAL_ERROR", e.to_string())),
+        // Out of threads (the user's process limit): the server is full, not broken.
+        Err(e @ crate::SubmitError::Thread(_)) => Err(ApiError::resources(e.to_string())),
     }
 }
 
