@@ -1265,3 +1265,32 @@ fn a_run_that_cannot_get_its_threads_fails_with_the_reason_and_leaves_no_child()
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(PATIENCE).success());
 }
+
+/// Found while looking for the connection closed with no response (issue 16): a request
+/// claiming a huge `Content-Length` and answered without its body being read (413) made
+/// tiny_http allocate the whole unread rest to skip it, and the allocation failure aborted
+/// the server. One request could kill it.
+#[test]
+fn a_huge_content_length_is_refused_and_the_server_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &dir.path().join("data"), &[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(
+            b"POST /api/modules/m/run HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 100000000000000\r\n\r\n{}",
+        )
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    // The abort came right after the answer, on the thread that sent it: a second later
+    // the server must still answer (it skips the body while this connection lives).
+    for _ in 0..20 {
+        let health = server.get("/api/health");
+        assert_eq!(health["status"], "healthy", "{health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stream);
+}
