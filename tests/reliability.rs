@@ -195,3 +195,58 @@ fn a_signal_during_a_request_body_read_does_not_drop_the_connection() {
     answered.expect("an answer, not a closed connection");
     assert_eq!(&head, b"HTTP/1.1 404");
 }
+
+/// The "also seen" of issue 16: under bursts of 8 concurrent POSTs, about one connection
+/// in 3 000–10 000 was said to be closed with no answer. Bounded in count: 8 clients each
+/// send 400 POSTs, each on a fresh connection (as curl does), and every one must get a
+/// whole answer. (Starting runs costs a process each; the module here is unknown, so the
+/// request goes the whole way through the HTTP layer and the handler, body read included,
+/// and gets a 404.)
+#[test]
+fn eight_concurrent_clients_posting_all_get_an_answer() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use runstream::server::{Catalogue, Server, ServerConfig};
+    use runstream::{Engine, EngineConfig};
+
+    let server = Server::start(
+        Arc::new(Engine::new(EngineConfig::default())),
+        Catalogue::default(),
+        ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let addr = server.addr();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let request = b"POST /api/modules/nope/run HTTP/1.1\r\nHost: localhost\r\n\
+                    Content-Type: application/json\r\nContent-Length: 18\r\n\r\n\
+                    {\"parameters\": {}}";
+                for i in 0..400 {
+                    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                    stream.write_all(request).unwrap();
+                    let mut answer = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Until the whole JSON body is in (the connection stays open).
+                    while !answer.ends_with(b"}") {
+                        match stream.read(&mut buf) {
+                            Ok(0) => panic!("request {i}: closed after {answer:?}"),
+                            Ok(n) => answer.extend_from_slice(&buf[..n]),
+                            Err(e) => panic!("request {i}: {e} after {answer:?}"),
+                        }
+                    }
+                    assert!(answer.starts_with(b"HTTP/1.1 404"), "{answer:?}");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    server.shutdown(Duration::from_secs(1));
+}
