@@ -1178,12 +1178,7 @@ fn a_run_that_cannot_get_its_threads_fails_with_the_reason_and_leaves_no_child()
         command,
     );
     let pid = server.proc.pid();
-    let hard: u64 = fs::read_to_string(format!("/proc/{pid}/limits"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Max processes"))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .unwrap_or(1 << 20);
+    let hard = max_processes(pid);
     // Warm up: the connection pool's threads exist, the first run has come and gone.
     assert_eq!(command_output(&server, &["echo", "warm"], &[]), ["warm"]);
     let baseline = tasks_of_uid(uid);
@@ -1293,4 +1288,84 @@ fn a_huge_content_length_is_refused_and_the_server_lives_on() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(stream);
+}
+
+/// Issue 16.4, the connection side: with every connection thread busy (here, six idle
+/// keep-alive connections each hold one) and no thread to be made, tiny_http dropped the
+/// new connection: closed with no answer. It now waits for the next thread that frees up.
+/// (Real `RLIMIT_NPROC`, set to the server's task count, as in the test above.)
+#[test]
+fn a_connection_that_gets_no_thread_waits_for_one_instead_of_being_dropped() {
+    use std::os::unix::fs::chown;
+    use std::os::unix::process::CommandExt;
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIPPED a_connection_that_gets_no_thread…: no prlimit (util-linux)");
+        return;
+    }
+    let uid = 300_000 + std::process::id() % 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    let mut command = runstream();
+    command.uid(uid).gid(uid);
+    let mut server = Server::start_with(dir.path(), &dir.path().join("data"), &[], command);
+    let pid = server.proc.pid();
+    let health = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let answer = |stream: &mut TcpStream| {
+        let mut buf = [0u8; 4096];
+        let mut text = Vec::new();
+        while !text.ends_with(b"}") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let mut idle: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            stream.write_all(health).unwrap();
+            assert!(answer(&mut stream).starts_with("HTTP/1.1 200"));
+            stream // kept open: its connection thread waits for the next request
+        })
+        .collect();
+    poll(PATIENCE, "the request threads to exit", || {
+        let busy = fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .any(|t| {
+                fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("runstream-req"))
+            });
+        (!busy).then_some(())
+    });
+    set_nproc_soft_limit(pid, uid, tasks_of_uid(uid));
+    let mut waiting = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    waiting.set_read_timeout(Some(PATIENCE)).unwrap();
+    waiting.write_all(health).unwrap();
+    poll(PATIENCE, "the server to fail to make a thread", || {
+        server
+            .proc
+            .stderr_text()
+            .contains("Cannot start a thread for a new client")
+            .then_some(())
+    });
+    set_nproc_soft_limit(pid, uid, max_processes(pid));
+    drop(idle.pop()); // its thread is free for the waiting connection
+    let text = answer(&mut waiting);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    drop(idle);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).success());
+}
+
+/// The hard `RLIMIT_NPROC` of process `pid`.
+fn max_processes(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(1 << 20)
 }
