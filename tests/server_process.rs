@@ -1082,6 +1082,20 @@ fn the_data_dir_and_its_files_are_private() {
     for file in files {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
+    // A data dir made before, open to others, keeps its mode, and the log says so.
+    let shared = dir.path().join("shared");
+    fs::create_dir_all(shared.join("runs")).unwrap();
+    fs::set_permissions(shared.join("runs"), fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::start_in(dir.path(), &shared, &[]);
+    assert_eq!(mode(&shared.join("runs")), 0o755);
+    assert!(
+        server
+            .proc
+            .stderr_text()
+            .contains("open to other users (mode 755)"),
+        "{}",
+        server.proc.stderr_text()
+    );
 }
 
 /// Threads (tasks) of every process whose real uid is `uid`: what `RLIMIT_NPROC` counts.

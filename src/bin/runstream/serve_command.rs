@@ -42,6 +42,7 @@ pub fn run(args: ServeArgs) -> i32 {
         );
         return 1;
     }
+    warn_if_shared(&args.server.data_dir.join("runs"));
     let grace = args.engine.default_grace;
     let data_dir = args.server.data_dir.clone();
     let signal_rx = match stop_requests::listen() {
@@ -110,4 +111,24 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// Says so when other users may enter `dir` (one made before runstream created it 0700,
+/// say): the files of older runs in it may be readable by them.
+fn warn_if_shared(dir: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode());
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "{} is open to other users (mode {:o}): runs' files hold their output and \
+                 parameters; new ones are 0600, older ones may not be (chmod 700 it)",
+                dir.display(),
+                mode & 0o777
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
