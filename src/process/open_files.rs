@@ -44,7 +44,9 @@ pub fn raise_open_file_limit() -> Option<(u64, u64)> {
         }
     }
     #[cfg(not(unix))]
-    None
+    {
+        None
+    }
 }
 
 /// Makes `command`'s child start with the open-file limit this process started with, if
