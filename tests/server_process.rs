@@ -1098,6 +1098,28 @@ fn the_data_dir_and_its_files_are_private() {
     );
 }
 
+/// Whether `runstream serve` can be run as another, unprivileged uid with its process
+/// limit set from outside: root (to switch uid), util-linux's `prlimit`, and a binary that
+/// other users may reach and execute.
+fn can_run_unprivileged() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root, so the server cannot run as another uid".into());
+    }
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        return Err("no prlimit (util-linux)".into());
+    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_runstream"));
+    for dir in binary.ancestors().skip(1) {
+        let mode = fs::metadata(dir).map_or(0, |m| m.permissions().mode());
+        if mode & 0o001 == 0 {
+            return Err(format!("other users cannot enter {}", dir.display()));
+        }
+    }
+    Ok(())
+}
+
 /// Threads (tasks) of every process whose real uid is `uid`: what `RLIMIT_NPROC` counts.
 fn tasks_of_uid(uid: u32) -> u64 {
     let mut tasks = 0;
@@ -1175,8 +1197,8 @@ fn set_nproc_soft_limit(pid: u32, uid: u32, limit: u64) {
 fn a_run_that_cannot_get_its_threads_fails_with_the_reason_and_leaves_no_child() {
     use std::os::unix::fs::chown;
     use std::os::unix::process::CommandExt;
-    if Command::new("prlimit").arg("--version").output().is_err() {
-        eprintln!("SKIPPED a_run_that_cannot_get_its_threads…: no prlimit (util-linux)");
+    if let Err(why) = can_run_unprivileged() {
+        eprintln!("SKIPPED a_run_that_cannot_get_its_threads…: {why}");
         return;
     }
     // A uid no one uses, different for concurrent runs of this test on one machine.
@@ -1312,8 +1334,8 @@ fn a_huge_content_length_is_refused_and_the_server_lives_on() {
 fn a_connection_that_gets_no_thread_waits_for_one_instead_of_being_dropped() {
     use std::os::unix::fs::chown;
     use std::os::unix::process::CommandExt;
-    if Command::new("prlimit").arg("--version").output().is_err() {
-        eprintln!("SKIPPED a_connection_that_gets_no_thread…: no prlimit (util-linux)");
+    if let Err(why) = can_run_unprivileged() {
+        eprintln!("SKIPPED a_connection_that_gets_no_thread…: {why}");
         return;
     }
     let uid = 300_000 + std::process::id() % 100_000;
