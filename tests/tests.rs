@@ -18,6 +18,8 @@ mod portable;
 #[cfg(unix)]
 mod proxy;
 #[cfg(unix)]
+mod reliability;
+#[cfg(unix)]
 mod server;
 #[cfg(unix)]
 mod server_process;

@@ -15,7 +15,7 @@ use super::http::{
     url_path, ApiError, FullResponse,
 };
 use super::live_catalogue::ReloadError;
-use super::modules::BuildError;
+use super::modules::{seconds, BuildError, MAX_SECONDS};
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
 use super::{metrics, sse, AppState};
@@ -45,7 +45,25 @@ pub fn handle(state: &Arc<AppState>, mut request: Request) {
     let origin = request_header(&request, "Origin").map(str::to_string);
     let cors = cors_headers(state.config.cors_origin.as_deref(), origin.as_deref());
     let head = *request.method() == Method::Head;
-    let response = match route(state, &mut request, !cors.is_empty()) {
+    // A bug in a handler must still get an answer: unanswered, tiny_http would send a 500
+    // with an empty body.
+    let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        route(state, &mut request, !cors.is_empty())
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        log::error!("internal error answering {}: {what}", request.url());
+        Err(ApiError::new(
+            500,
+            "INTERNAL_ERROR",
+            format!("internal error in runstream: {what}"),
+        ))
+    });
+    let response = match routed {
         Ok(Reply::Full(r)) => r,
         // HEAD of a stream or a download: its headers say enough.
         Ok(Reply::Stream(..)) if head => {
@@ -246,7 +264,8 @@ fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
             "the server is shutting down",
         )),
         Err(e @ crate::SubmitError::InvalidSpec(_)) => Err(ApiError::validation(e.to_string())),
-        Err(e) => Err(ApiError::new(500, "INTERNAL_ERROR", e.to_string())),
+        // Out of threads (the user's process limit): the server is full, not broken.
+        Err(e @ crate::SubmitError::Thread(_)) => Err(ApiError::resources(e.to_string())),
     }
 }
 
@@ -345,15 +364,11 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
     let seconds = |key: &str| -> Result<Option<Duration>, ApiError> {
         match o.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                .map(|s| Some(Duration::from_secs_f64(s)))
-                .ok_or_else(|| {
-                    ApiError::validation(format!(
-                        "\"{key}\" must be a non-negative number of seconds"
-                    ))
-                }),
+            Some(v) => v.as_f64().and_then(seconds).map(Some).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "\"{key}\" must be a number of seconds from 0 to below {MAX_SECONDS:e}"
+                ))
+            }),
         }
     };
     if let Some(t) = seconds("timeout_seconds")?.filter(|t| !t.is_zero()) {

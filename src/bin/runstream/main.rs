@@ -8,6 +8,7 @@ mod run_command;
 mod serve_args;
 mod serve_command;
 mod stop_requests;
+mod token;
 mod values;
 
 use args::Command;
