@@ -114,7 +114,7 @@ impl DirLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io_error)?;
+        crate::logfile::create_private_dir(dir).map_err(io_error)?;
         match sys::open_locked(&path, exclusive) {
             Ok(Some(file)) => Ok(DirLock { _file: file, path }),
             Ok(None) => Err(DirLockError::InUse {
@@ -145,11 +145,13 @@ mod sys {
 
     /// Opens `path` and locks it without waiting; `None` when someone else holds it.
     pub fn open_locked(path: &Path, exclusive: bool) -> io::Result<Option<File>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
         let mode = if exclusive {
             libc::LOCK_EX

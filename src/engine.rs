@@ -12,6 +12,7 @@ use crossbeam_channel::{unbounded, Sender};
 
 use crate::admission::Admission;
 use crate::capture::{OutputCapture, Subscription};
+use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::run::{self, Control, RunContext, StopReason};
 use crate::storage::StorageHealth;
@@ -79,7 +80,7 @@ impl fmt::Display for SubmitError {
         match self {
             SubmitError::ShuttingDown => write!(f, "the engine is shutting down"),
             SubmitError::InvalidSpec(why) => write!(f, "invalid run spec: {why}"),
-            SubmitError::Thread(_) => write!(f, "could not start the run's thread"),
+            SubmitError::Thread(e) => write!(f, "cannot create a thread for the run: {e}"),
             SubmitError::Storage { path, source } => write!(
                 f,
                 "cannot record the run: writing {} failed: {source}",
@@ -102,7 +103,7 @@ impl Engine {
     /// An engine with `config`. Starts no thread until a run is submitted.
     pub fn new(config: EngineConfig) -> Engine {
         if let Some(dir) = &config.log_dir {
-            if let Err(e) = std::fs::create_dir_all(dir) {
+            if let Err(e) = crate::logfile::create_private_dir(dir) {
                 log::error!("cannot create log directory {}: {e}", dir.display());
             }
         }
@@ -146,12 +147,6 @@ impl Engine {
         }
         spec.validate().map_err(SubmitError::InvalidSpec)?;
         let created_at = Timestamp::now();
-        let ticket = self.admission.enqueue(spec.gpu_memory_mb);
-        let waiting_for = match ticket.admitted.is_empty() {
-            false => None,
-            true if spec.gpu_memory_mb > 0 => Some("gpu_memory".to_string()),
-            true => Some("slot".to_string()),
-        };
         let mut registry = self.registry();
         let run_id = loop {
             let id = new_run_id(created_at, &spec.module_id);
@@ -172,12 +167,15 @@ impl Engine {
             exit_code: None,
             signal: None,
             error_message: None,
-            waiting_for,
+            spawn_error: None,
+            // Set by the admission queue while the run waits.
+            waiting_for: None,
             progress_percent: None,
             process_start_time: None,
             total_entries: None,
             gpu_memory_bytes: None,
             gpu_memory_peak_bytes: None,
+            gpu_utilization_percent: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
             log_complete: self.config.log_dir.as_ref().map(|_| true),
@@ -192,12 +190,22 @@ impl Engine {
             Arc::clone(&self.storage),
         ));
         if let Err(source) = capture.save_status() {
-            self.admission.withdraw(ticket.id);
             return Err(SubmitError::Storage {
                 path: status_file.unwrap_or_default(),
                 source,
             });
         }
+        let queued = Arc::clone(&capture);
+        let ticket = self.admission.enqueue(
+            spec.gpu_memory_mb,
+            Box::new(move |why, announce| {
+                queued.update_status(announce, |s| {
+                    if s.status == RunState::Queued {
+                        s.waiting_for = Some(why.to_string());
+                    }
+                })
+            }),
+        );
         let (control_tx, control_rx) = unbounded();
         let handle = RunHandle {
             inner: Arc::new(RunInner {
@@ -297,7 +305,7 @@ impl Engine {
                 let _ = run.inner.control.send(Control::Stop(StopReason::Shutdown));
             }
         }
-        let until = Instant::now() + deadline;
+        let until = deadline::after(deadline);
         let mut all_done = true;
         for run in &runs {
             if run.capture().wait_finished(Some(until)).is_none() {
@@ -345,7 +353,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let grace = self.config.default_grace;
-        self.shutdown(grace + Duration::from_secs(1));
+        self.shutdown(grace.saturating_add(Duration::from_secs(1)));
         self.gpu.stop();
     }
 }
@@ -467,7 +475,7 @@ impl RunHandle {
     pub fn wait_timeout(&self, timeout: Duration) -> Option<RunStatus> {
         self.inner
             .capture
-            .wait_finished(Some(Instant::now() + timeout))
+            .wait_finished(Some(deadline::after(timeout)))
     }
 }
 

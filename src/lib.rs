@@ -22,7 +22,7 @@
 //!         Event::Entry(e) => println!("[{}] {} {}", e.stream.as_str(), e.level.as_str(), e.message),
 //!         Event::Status(s) => println!("now {}", s.status.as_str()),
 //!         Event::Gap { from_seq, to_seq } => println!("lost {from_seq}..={to_seq}"),
-//!         Event::Gpu { memory_bytes, .. } => println!("GPU memory: {memory_bytes} bytes"),
+//!         Event::Gpu { memory_bytes, .. } => println!("GPU memory: {memory_bytes:?} bytes"),
 //!         Event::End(s) => assert_eq!((s.status, s.exit_code), (RunState::Failed, Some(3))),
 //!     }
 //! }
@@ -42,6 +42,7 @@
 mod admission;
 mod capture;
 mod config;
+mod deadline;
 mod dirlock;
 mod engine;
 mod entry;
@@ -52,6 +53,7 @@ mod process;
 mod run;
 #[cfg(feature = "server")]
 pub mod server;
+mod spawn_error;
 mod spec;
 mod status;
 mod storage;
@@ -68,6 +70,8 @@ pub use dirlock::{DirLock, DirLockError};
 pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
+pub use process::raise_open_file_limit;
+pub use spawn_error::SpawnErrorKind;
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};
 pub use storage::StorageReport;

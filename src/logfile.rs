@@ -49,7 +49,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 impl LogWriter {
     /// Creates (truncates) the log file.
     pub fn create(path: PathBuf) -> io::Result<LogWriter> {
-        let file = File::create(&path)?;
+        let file = create_private(&path)?;
         Ok(LogWriter {
             path,
             file,
@@ -230,6 +230,26 @@ pub(crate) fn read_range(
 /// gives a small file a whole block anyway.
 const STATUS_FILE_BLOCK: usize = 4096;
 
+/// Creates (or truncates) a file that only its owner may read or write (0600 on unix): a
+/// run's files hold its output and its parameters, environment values included.
+fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Creates `dir` and its missing parents; those it creates only their owner may enter
+/// (0700 on unix). An existing directory keeps its mode: it may be shared on purpose.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Saves a run's status as `{run_id}.json`: written to a temporary file and renamed, so
 /// a crash never leaves half a file. When that fails (a full disk), the existing file is
 /// overwritten in place, in the blocks it already has (it was padded for that): the final
@@ -242,7 +262,9 @@ pub(crate) fn save_status(path: &Path, status: &RunStatus) -> io::Result<Option<
     bytes.resize(padded - 1, b' ');
     bytes.push(b'\n');
     let tmp = path.with_extension("json.tmp");
-    let renamed = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let renamed = create_private(&tmp)
+        .and_then(|mut file| file.write_all(&bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
     let Err(e) = renamed else { return Ok(None) };
     let _ = std::fs::remove_file(&tmp);
     match overwrite_in_place(path, &bytes) {

@@ -11,8 +11,14 @@ mod engine;
 #[cfg(unix)]
 mod gpu;
 #[cfg(unix)]
+mod gpu_nvml;
+#[cfg(unix)]
 mod http_limits;
 mod portable;
+#[cfg(unix)]
+mod proxy;
+#[cfg(unix)]
+mod reliability;
 #[cfg(unix)]
 mod server;
 #[cfg(unix)]
