@@ -1200,7 +1200,7 @@ fn the_data_dir_and_its_files_are_private() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(files.len(), 2, "{files:?}"); // {run_id}.json and .jsonl
+    assert_eq!(files.len(), 3, "{files:?}"); // {run_id}.json and .jsonl, runstream.lock
     for file in files {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
