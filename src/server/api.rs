@@ -17,11 +17,9 @@ use super::http::{
 use super::modules::BuildError;
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
-use super::{metrics, sse, AppState};
+use super::{metrics, page, sse, AppState};
 use crate::{From, Next, RunHandle, RunSpec, RunState, Timestamp};
 
-/// The web page, embedded in the binary.
-const PAGE: &str = include_str!("page.html");
 /// Most entries one `/logs` request returns.
 const MAX_LOG_LINES: u64 = 100_000;
 
@@ -33,6 +31,13 @@ enum Reply {
     Stream(RunHandle, From),
     /// Send this run's whole log as text.
     Download(RunHandle),
+}
+
+/// One of the web page's files.
+fn page_file((content_type, body): (&str, &'static [u8])) -> Reply {
+    Reply::Full(
+        Response::from_data(body.to_vec()).with_header(header("Content-Type", content_type)),
+    )
 }
 
 fn json_reply(status: u16, body: &Value) -> Reply {
@@ -101,10 +106,10 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
     }
     use Method::{Delete, Get, Post};
     match (segments.as_slice(), &method) {
-        ([], Get) | (["index.html"], Get) => Ok(Reply::Full(
-            Response::from_data(PAGE.as_bytes().to_vec())
-                .with_header(header("Content-Type", "text/html; charset=utf-8")),
-        )),
+        ([], Get) | (["index.html"], Get) => Ok(page_file(page::index())),
+        (["page", name], Get) => page::file(name)
+            .map(page_file)
+            .ok_or_else(|| unknown_route(&segments, &method)),
         (["api", "health"], Get) => Ok(json_reply(200, &health(state))),
         (["api", "modules"], Get) => Ok(json_reply(200, &modules(state))),
         (["api", "modules", id], Get) => module(state, id),
@@ -145,9 +150,12 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
 fn allowed_methods<S: AsRef<str>>(segments: &[S]) -> &'static [&'static str] {
     let segments: Vec<&str> = segments.iter().map(AsRef::as_ref).collect();
     match segments.as_slice() {
-        [] | ["index.html"] | ["api", "health"] | ["api", "modules"] | ["api", "modules", _] => {
-            &["GET"]
-        }
+        []
+        | ["index.html"]
+        | ["page", _]
+        | ["api", "health"]
+        | ["api", "modules"]
+        | ["api", "modules", _] => &["GET"],
         ["api", "runs", _, "logs"] | ["api", "runs", _, "logs", "stream" | "download"] => &["GET"],
         ["api", "system", "stats"] | ["api", "gpu"] | ["metrics"] => &["GET"],
         ["api", "modules", _, "run"] | ["api", "runs", _, "cancel"] => &["POST"],

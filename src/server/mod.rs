@@ -22,6 +22,7 @@ mod download;
 mod http;
 mod metrics;
 mod modules;
+mod page;
 mod run_json;
 mod same_origin;
 mod sse;
