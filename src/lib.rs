@@ -47,6 +47,7 @@ mod entry;
 pub mod gpu;
 mod lines;
 mod logfile;
+pub mod metrics;
 mod process;
 mod run;
 #[cfg(feature = "server")]

@@ -12,6 +12,8 @@ mod engine;
 mod gpu;
 #[cfg(unix)]
 mod http_limits;
+#[cfg(unix)]
+mod metrics;
 mod portable;
 #[cfg(unix)]
 mod server;

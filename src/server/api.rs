@@ -17,7 +17,7 @@ use super::http::{
 use super::modules::BuildError;
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
-use super::{metrics, page, sse, AppState};
+use super::{metrics, page, run_metrics, sse, AppState};
 use crate::{From, Next, RunHandle, RunSpec, RunState, Timestamp};
 
 /// Most entries one `/logs` request returns.
@@ -132,6 +132,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
         (["api", "runs", id], Get) => Ok(json_reply(200, &run_json(&find(state, id)?.status()))),
         (["api", "runs", id], Delete) | (["api", "runs", id, "cancel"], Post) => cancel(state, id),
         (["api", "runs", id, "logs"], Get) => logs(state, id, request.url()),
+        (["api", "runs", id, "metrics"], Get) => run_metrics(state, id, request.url()),
         (["api", "runs", id, "logs", "stream"], Get) => stream_start(state, id, request),
         (["api", "runs", id, "logs", "download"], Get) => Ok(Reply::Download(find(state, id)?)),
         (["api", "system", "stats"], Get) => Ok(json_reply(200, &metrics::system_stats(state))),
@@ -156,7 +157,8 @@ fn allowed_methods<S: AsRef<str>>(segments: &[S]) -> &'static [&'static str] {
         | ["api", "health"]
         | ["api", "modules"]
         | ["api", "modules", _] => &["GET"],
-        ["api", "runs", _, "logs"] | ["api", "runs", _, "logs", "stream" | "download"] => &["GET"],
+        ["api", "runs", _, "logs" | "metrics"]
+        | ["api", "runs", _, "logs", "stream" | "download"] => &["GET"],
         ["api", "system", "stats"] | ["api", "gpu"] | ["metrics"] => &["GET"],
         ["api", "modules", _, "run"] | ["api", "runs", _, "cancel"] => &["POST"],
         ["api", "runs"] => &["GET", "POST"],
@@ -488,6 +490,33 @@ fn logs(state: &AppState, id: &str, url: &str) -> Result<Reply, ApiError> {
         200,
         &json!({"run_id": run.id(), "logs": entries, "total_lines": total, "truncated": truncated}),
     ))
+}
+
+fn run_metrics(state: &AppState, id: &str, url: &str) -> Result<Reply, ApiError> {
+    let run = find(state, id)?;
+    let q = query_pairs(url);
+    let names: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "names")
+        .flat_map(|(_, v)| v.split(','))
+        .filter(|s| !s.is_empty())
+        .collect();
+    // Counted first: the series then hold at least every line before it.
+    let through_seq = run.capture().stats().entries;
+    let series = run_metrics::select(run.metrics(), &names);
+    match query_value(&q, "format").filter(|f| !f.is_empty()) {
+        None | Some("json") => Ok(json_reply(
+            200,
+            &run_metrics::json(&run, through_seq, &series),
+        )),
+        Some("csv") => Ok(Reply::Full(
+            Response::from_data(run_metrics::csv(&series).into_bytes())
+                .with_header(header("Content-Type", "text/csv; charset=utf-8")),
+        )),
+        Some(other) => Err(ApiError::validation(format!(
+            "format must be json or csv, got {other:?}"
+        ))),
+    }
 }
 
 /// Where a stream starts: `Last-Event-ID` (resume after it), `?after_seq=`, `?tail=`, or

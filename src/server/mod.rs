@@ -24,6 +24,7 @@ mod metrics;
 mod modules;
 mod page;
 mod run_json;
+mod run_metrics;
 mod same_origin;
 mod sse;
 mod store;
