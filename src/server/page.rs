@@ -11,12 +11,30 @@ const FILES: &[(&str, &str, &str)] = &[
     ("run-view.js", JS, include_str!("page/run-view.js")),
     ("stream.js", JS, include_str!("page/stream.js")),
     ("log-view.js", JS, include_str!("page/log-view.js")),
+    ("charts.js", JS, include_str!("page/charts.js")),
     ("main.js", JS, include_str!("page/main.js")),
+    // uPlot, vendored from its npm package (see page/vendor/README.md).
+    (
+        "uPlot.iife.min.js",
+        JS,
+        include_str!("page/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        CSS,
+        include_str!("page/vendor/uPlot.min.css"),
+    ),
+    (
+        "uPlot.LICENSE",
+        TEXT,
+        include_str!("page/vendor/uPlot.LICENSE"),
+    ),
 ];
 
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The page's markup (what `GET /` answers).
 pub fn index() -> (&'static str, &'static [u8]) {
@@ -44,7 +62,7 @@ mod tests {
             .skip(1)
             .map(|rest| &rest[..rest.find('"').unwrap()])
             .collect();
-        assert!(named.len() >= 8, "{named:?}");
+        assert!(named.len() >= 10, "{named:?}");
         for name in named {
             assert!(file(name).is_some(), "{name} is not served");
         }

@@ -13,7 +13,7 @@ window.addEventListener("hashchange", function () {
 });
 
 // Exposed for tests and debugging (read-only use).
-window.runstream = { current: function () { return current; }, openRun: openRun };
+window.runstream = { current: function () { return current; }, openRun: openRun, charts: chartsState };
 
 loadHealth();
 loadModules();

@@ -84,6 +84,8 @@ function openRun(id, initialRun) {
   }).catch(function (e) {
     if (current.id === id && e.status === 404) { setConn("error", "run not found"); }
   });
+  chartsReset(id);
+  chartsLoad(id);
   connect(null);
 }
 

@@ -53,6 +53,12 @@ function connect(afterSeq) {
     if (connEl.getAttribute("data-state") !== "live") setConn("live", "live");
     pushEntry(entry);
   });
+  es.addEventListener("metric", function (ev) {
+    if (current.es !== es) return;
+    var m;
+    try { m = JSON.parse(ev.data); } catch (e) { return; }
+    chartsPush(m);
+  });
   es.addEventListener("status", function (ev) {
     if (current.es !== es) return;
     var run;
@@ -139,6 +145,8 @@ function finishStream() {
   if (current.frame) cancelAnimationFrame(current.frame);
   render();
   setConn("finished", "finished");
+  // Values sent while this page was not connected are in the run's series.
+  if (charts && charts.id === current.id) chartsLoad(current.id);
   cancelBtn.disabled = true;
   if (!current.lines.length) schedule();
 }
