@@ -350,3 +350,28 @@ fn a_run_spec_pattern_survives_in_the_status_file() {
         ("iter", 7.0)
     );
 }
+
+#[test]
+fn run_metrics_prints_the_table_on_stderr_and_json_stays_clean() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runstream"))
+        .args(["run", "--metrics", "--json", "--", "sh", "-c"])
+        .arg("for l in 0.5 0.25 0.375; do echo \"loss=$l acc=$l\"; done; echo done")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for line in stdout.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let table: Vec<&str> = stderr.lines().filter(|l| !l.starts_with('[')).collect();
+    assert_eq!(
+        table,
+        [
+            "metric   last   min  max  values",
+            "loss    0.375  0.25  0.5       3",
+            "acc     0.375  0.25  0.5       3"
+        ],
+        "{stderr}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod args;
 mod gpu_command;
+mod metrics_table;
 mod run_command;
 mod serve_args;
 mod serve_command;

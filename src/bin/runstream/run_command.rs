@@ -99,6 +99,9 @@ pub fn run(args: RunArgs) -> i32 {
     }
 
     let printed = print_output(&run, args.json);
+    if args.metrics {
+        eprint!("{}", crate::metrics_table::render(&run.metrics()));
+    }
     let code = match &printed.stdout_error {
         // Like a command killed by SIGPIPE: whoever read our output stopped reading.
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => 141,
