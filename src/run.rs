@@ -229,8 +229,9 @@ struct Output {
     /// Per stream (stdout, stderr): the level of the line whose text went out as `none`
     /// pieces so far, if one is open.
     open_line_level: [Option<Level>; 2],
-    /// How metrics are found in the run's lines, and the lines in pieces being joined.
-    metric_rules: MetricRules,
+    /// How metrics are found in the run's lines (`None`: they are not looked for), and
+    /// the lines in pieces being joined.
+    metric_rules: Option<MetricRules>,
     metric_lines: Joiner,
 }
 
@@ -248,7 +249,10 @@ impl Output {
             progress: None,
             open_line_level: [None, None],
             // The spec was validated at submit: its patterns compile.
-            metric_rules: MetricRules::new(&ctx.spec.metric_patterns).unwrap_or_default(),
+            metric_rules: ctx
+                .config
+                .extract_metrics
+                .then(|| MetricRules::new(&ctx.spec.metric_patterns).unwrap_or_default()),
             metric_lines: Joiner::default(),
         }
     }
@@ -273,13 +277,6 @@ impl Output {
         if let Some(p) = progress_percent(&line.message, line.end) {
             self.progress = Some(p);
         }
-        let metrics = self.metric_lines.metrics(
-            &self.metric_rules,
-            stream,
-            &line.message,
-            line.end,
-            self.next_seq,
-        );
         let mut entry = Entry::new(
             self.next_seq,
             timestamp,
@@ -288,7 +285,12 @@ impl Output {
             line.message,
             line.end,
         );
-        entry.set_metrics(metrics);
+        if let Some(rules) = &self.metric_rules {
+            let metrics =
+                self.metric_lines
+                    .metrics(rules, stream, &entry.message, entry.end, entry.seq);
+            entry.set_metrics(metrics);
+        }
         self.push(entry);
     }
 

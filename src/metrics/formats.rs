@@ -7,7 +7,7 @@
 pub(crate) const MAX_NAME: usize = 64;
 
 /// Calls `found(name, value)` for every metric the line's text carries, in order.
-pub(crate) fn scan(text: &str, found: &mut impl FnMut(&str, f64)) {
+pub(crate) fn scan<'a>(text: &'a str, found: &mut impl FnMut(&'a str, f64)) {
     let bytes = text.as_bytes();
     if !may_hold_metrics(bytes) {
         return;
@@ -25,6 +25,20 @@ fn may_hold_metrics(text: &[u8]) -> bool {
     crate::entry::any_byte(text, |b| b == b'=' || b == b':' || b == b'{')
 }
 
+/// The position of the next `=` or `:` at or after `from`. Skips 16-byte blocks that hold
+/// neither with one branch-free test (most bytes of a log line).
+fn next_separator(bytes: &[u8], mut from: usize) -> Option<usize> {
+    let hit = |b: u8| (b == b'=') | (b == b':');
+    while from + 16 <= bytes.len() {
+        let block: &[u8; 16] = bytes[from..from + 16].try_into().expect("16 bytes");
+        if block.iter().fold(false, |any, &b| any | hit(b)) {
+            break;
+        }
+        from += 16;
+    }
+    (from..bytes.len()).find(|&i| hit(bytes[i]))
+}
+
 fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-')
 }
@@ -32,9 +46,12 @@ fn is_key_byte(b: u8) -> bool {
 /// `key=value` and `key: value`. The key is a word (letters, digits, `_ . / -`, starting
 /// with a letter) right before `=` (spaces allowed around it) or right before `:` followed
 /// by a space; the value is a whole number token.
-fn scan_pairs(text: &str, found: &mut impl FnMut(&str, f64)) {
+fn scan_pairs<'a>(text: &'a str, found: &mut impl FnMut(&'a str, f64)) {
     let bytes = text.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut from = 0;
+    while let Some(i) = next_separator(bytes, from) {
+        from = i + 1;
+        let b = bytes[i];
         let value_at = match b {
             b'=' => i + 1,
             // `12:30:01`, `http://` and `a:b` are not pairs: Keras puts a space after `:`.
@@ -70,7 +87,7 @@ fn scan_pairs(text: &str, found: &mut impl FnMut(&str, f64)) {
 
 /// `{"loss": 1.2, "epoch": 0.1}` or `{'loss': 1.2, 'epoch': 0.1}`: every quoted key whose
 /// value is a number (nested objects included; strings, lists, `None` skipped).
-fn scan_dict(text: &str, found: &mut impl FnMut(&str, f64)) {
+fn scan_dict<'a>(text: &'a str, found: &mut impl FnMut(&'a str, f64)) {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -177,6 +194,18 @@ mod tests {
             "nan", "inf", "-inf", "3/10", "2.1.0", "10.0.0.1", "12:30", "3s", ".", "-", "e5",
         ] {
             assert_eq!(n(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn pairs_are_found_at_every_offset() {
+        for pad in 0..40 {
+            let text = format!("{}loss=0.5 {}acc: 2", " ".repeat(pad), "-".repeat(pad % 17));
+            assert_eq!(
+                all(&text),
+                pairs(&[("loss", 0.5), ("acc", 2.0)]),
+                "{text:?}"
+            );
         }
     }
 

@@ -50,10 +50,17 @@ impl MetricRules {
 
     /// The metrics (name, value) in one whole line, in order, at most 32, each name once.
     pub fn extract(&self, text: &str) -> Vec<(String, f64)> {
-        let mut found: Vec<(String, f64)> = Vec::new();
-        let mut add = |name: &str, value: f64| {
-            if found.len() < MAX_PER_LINE && !found.iter().any(|(n, _)| n == name) {
-                found.push((name.to_string(), value));
+        let mut found = Vec::new();
+        self.find(text, &mut found);
+        found.into_iter().map(|(n, v)| (n.to_string(), v)).collect()
+    }
+
+    /// [`MetricRules::extract`] without copying the names: they point into `text` or into
+    /// the patterns.
+    fn find<'a>(&'a self, text: &'a str, found: &mut Vec<(&'a str, f64)>) {
+        let mut add = |name: &'a str, value: f64| {
+            if found.len() < MAX_PER_LINE && !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, value));
             }
         };
         for re in &self.patterns {
@@ -69,13 +76,13 @@ impl MetricRules {
             }
         }
         formats::scan(text, &mut add);
-        found
     }
 
     /// [`MetricRules::extract`] with each value's x decided: the step the line names, or
     /// the seq.
     pub(crate) fn metrics(&self, text: &str, seq: u64, names: &mut Names) -> Box<[Metric]> {
-        let found = self.extract(text);
+        let mut found = Vec::new();
+        self.find(text, &mut found);
         if found.is_empty() {
             return Box::default();
         }
@@ -83,13 +90,13 @@ impl MetricRules {
             found
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(key))
-                .map(|(n, v)| (n.as_str(), *key, *v))
+                .map(|(n, v)| (*n, *key, *v))
         });
         found
             .iter()
             .map(|(name, y)| {
                 let (x_name, x) = match step {
-                    Some((step_name, key, v)) if step_name != name => (key, v),
+                    Some((step_name, key, v)) if step_name != *name => (key, v),
                     _ => ("seq", seq as f64),
                 };
                 Metric {

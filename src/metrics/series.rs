@@ -52,6 +52,9 @@ pub struct MetricSeries {
 #[derive(Clone, Debug, Default)]
 pub struct SeriesSet {
     series: Vec<MetricSeries>,
+    /// The series' names as the metrics carry them: a run's metrics share one `Arc` per
+    /// name, so the lookup is usually a pointer compare.
+    names: Vec<std::sync::Arc<str>>,
 }
 
 impl SeriesSet {
@@ -63,9 +66,15 @@ impl SeriesSet {
     }
 
     fn add(&mut self, m: &Metric, seq: u64, timestamp: Timestamp) {
-        let pos = match self.series.iter().position(|s| *s.name == *m.name) {
+        let known = (self
+            .names
+            .iter()
+            .position(|n| std::sync::Arc::ptr_eq(n, &m.name)))
+        .or_else(|| self.names.iter().position(|n| **n == *m.name));
+        let pos = match known {
             Some(pos) => pos,
             None if self.series.len() < MAX_SERIES => {
+                self.names.push(std::sync::Arc::clone(&m.name));
                 self.series.push(MetricSeries {
                     name: m.name.to_string(),
                     x: m.x_name.to_string(),
