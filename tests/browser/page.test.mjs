@@ -48,6 +48,8 @@ head -c 30000 /dev/zero | tr '\000' A; echo`;
 // A metric every 0.25 s for 10 s: a chart that grows while the run runs.
 const LIVE_METRICS_SCRIPT = 'i=1; while [ "$i" -le 40 ]; do echo "step=$i loss=0.$((100 - i))"; i=$((i+1)); sleep 0.25; done';
 
+const BIG_METRICS_SCRIPT = 'while [ ! -e "$1" ]; do sleep 0.05; done; seq 1 100000 | sed "s/.*/step=& loss=0.&/"';
+
 function modulesFixture(cwd) {
   // The example train module as shipped (its metric_patterns included), run from its folder.
   const train = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples', 'modules.json'), 'utf8')).modules.train;
@@ -91,6 +93,13 @@ function modulesFixture(cwd) {
         name: 'Live metrics',
         description: 'step=N loss=X every 0.25 s, 40 times.',
         args: ['-c', LIVE_METRICS_SCRIPT],
+        parameters: {},
+      },
+      big_metrics: {
+        ...base,
+        name: '100 000 metric lines',
+        description: 'Waits for a gate file, then prints step=N loss=0.N 100 000 times.',
+        args: ['-c', BIG_METRICS_SCRIPT, 'sh', path.join(cwd, 'big-gate')],
         parameters: {},
       },
       slow: {
@@ -140,7 +149,7 @@ async function startServer(name, extraArgs = []) {
   if (!fs.existsSync(BIN)) throw new Error(`server binary not found: ${BIN} (set RUNSTREAM_BIN)`);
   const args = ['serve', '--bind', '127.0.0.1:0', '--modules', modulesFile, '--data-dir', path.join(dir, 'data'), ...extraArgs];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
-  const server = { name, proc, log: [], base: null, exited: false };
+  const server = { name, dir, proc, log: [], base: null, exited: false };
   servers.push(server);
   const keep = (line) => {
     server.log.push(line);
@@ -712,6 +721,29 @@ async function caseCompare() {
   await page.context().close().catch(() => {});
 }
 
+async function caseHundredThousandPoints() {
+  const { server } = ctx;
+  const page = await newPage();
+  try {
+    const id = await startByApi('big_metrics', {});
+    await page.goto(`${server.base}#run=${encodeURIComponent(id)}`);
+    await waitIn(page, 'the stream to be live', () => document.querySelector('#conn-state').dataset.state === 'live');
+    fs.writeFileSync(path.join(server.dir, 'work', 'big-gate'), '');
+    await waitIn(page, 'the run to finish', () => document.querySelector('#conn-state').dataset.state === 'finished', undefined, 120_000);
+    await waitIn(page, 'a chart of 100 000 points', () => (window.runstream.charts().loss || {}).points === 100000, undefined, 60_000);
+    const loss = await page.evaluate(() => {
+      const c = window.runstream.charts().loss;
+      return { first: [c.x[0], c.y[0]], last: [c.x[c.x.length - 1], c.y[c.y.length - 1]], shown: document.querySelector('figure.chart[data-metric="loss"] .last').textContent };
+    });
+    assert(JSON.stringify(loss.first) === '[1,0.1]' && JSON.stringify(loss.last) === '[100000,0.1]', JSON.stringify(loss));
+    assert(loss.shown === 'last 0.1', `last value shown: ${loss.shown}`);
+    assert((await page.locator('[aria-label="loss chart"] canvas').count()) === 1, 'no canvas');
+    assert(page.pageErrors.length === 0, `page errors: ${page.pageErrors.join('; ')}`);
+  } finally {
+    await page.context().close().catch(() => {});
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 async function cleanup() {
@@ -756,6 +788,7 @@ async function main() {
     ['metrics: a 5-epoch train run charts 5 points equal to the printed losses', caseMetricsChart],
     ['metrics: a live run\'s chart grows while it runs, pushed, not polled', caseLiveChart],
     ['metrics: two runs compared draw two curves, legend by differing parameter; screenshot not blank', caseCompare],
+    ['metrics: a run printing 100 000 values is charted with all 100 000 points', caseHundredThousandPoints],
   ];
 
   let setupError = null;

@@ -163,7 +163,12 @@ function makePlot(c, labels, n) {
   var plotBox = c.node.querySelector(".plot");
   plotBox.textContent = "";
   var width = Math.max(200, plotBox.clientWidth || 300);
-  return new uPlot({ width: width, height: 170, series: series, legend: { show: n > 1, live: false },
+  // The y axis as wide as its longest label (uPlot's default cuts 100,000 to 0,000).
+  var yAxis = { size: function (u, values) {
+    var longest = (values || []).reduce(function (m, v) { return Math.max(m, String(v).length); }, 1);
+    return 24 + 7 * longest;
+  } };
+  return new uPlot({ width: width, height: 170, series: series, legend: { show: n > 1, live: false }, axes: [{}, yAxis],
                      scales: { x: { time: false } }, cursor: { drag: { x: true, y: false } } },
                    [[], []].concat(series.slice(2).map(function () { return []; })), plotBox);
 }

@@ -145,8 +145,9 @@ function finishStream() {
   if (current.frame) cancelAnimationFrame(current.frame);
   render();
   setConn("finished", "finished");
-  // Values sent while this page was not connected are in the run's series.
-  if (charts && charts.id === current.id) chartsLoad(current.id);
+  // Values sent while this page was not connected (it gave up and caught up) are in the
+  // run's series; otherwise the charts already hold every value, unthinned.
+  if (charts && charts.id === current.id && (current.manualRestarts || current.catchingUp)) chartsLoad(current.id);
   cancelBtn.disabled = true;
   if (!current.lines.length) schedule();
 }
