@@ -129,7 +129,8 @@ impl Names {
 
 /// Joins a line that arrives in pieces (`end: none` entries: a slow progress bar, a
 /// partial line flushed while the child was quiet) so that it is searched once, whole, when
-/// its end (`cr` or `lf`) comes: one printed value is never counted twice.
+/// its end (`cr` or `lf`) comes: one printed value is never counted twice. The last line of
+/// a stream that ends without a newline is never ended, so it is not searched.
 #[derive(Debug, Default)]
 pub(crate) struct Joiner {
     /// Per stream (stdout, stderr): the pieces so far, or `None` once over `MAX_JOINED`.
@@ -175,8 +176,8 @@ impl Joiner {
         }
     }
 
-    /// Attaches metrics to entries read back from a run's log, in seq order (a line whose
-    /// pieces began before the first of them is searched from its first piece here).
+    /// Attaches metrics to entries read back from a run's log, in seq order. A line whose
+    /// first pieces came before the first of them is searched without those pieces.
     pub(crate) fn attach(&mut self, rules: &MetricRules, entries: &mut [Entry]) {
         for e in entries {
             let metrics = self.metrics(rules, e.stream, &e.message, e.end, e.seq);
