@@ -32,7 +32,21 @@ impl Metric {
     /// The SSE `metric` event's data: `{"name":"loss","x":3,"y":0.2031,"seq":41}`, where
     /// `seq` is the seq of the line the value was read from.
     pub fn event_json(&self, seq: u64) -> String {
-        serde_json::json!({"name": &*self.name, "x": self.x, "y": self.y, "seq": seq}).to_string()
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            name: &'a str,
+            x: f64,
+            y: f64,
+            seq: u64,
+        }
+        let wire = Wire {
+            name: &self.name,
+            x: self.x,
+            y: self.y,
+            seq,
+        };
+        // A struct of a string and numbers always serialises.
+        serde_json::to_string(&wire).unwrap_or_default()
     }
 
     /// Bytes this metric holds in memory.
