@@ -375,3 +375,14 @@ fn run_metrics_prints_the_table_on_stderr_and_json_stays_clean() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_catalogue_with_a_bad_metric_pattern_is_refused_naming_the_field() {
+    let catalogue: Catalogue = serde_json::from_value(json!({"modules": {
+        "m": {"name": "M", "program": "true", "metric_patterns": ["loss (?P<loss>"]},
+    }}))
+    .unwrap();
+    let err = catalogue.check().unwrap_err();
+    assert!(err.contains("modules.m.metric_patterns"), "{err}");
+    assert!(err.contains("loss (?P<loss>"), "{err}");
+}
