@@ -289,7 +289,8 @@ fn the_example_train_module_charts_one_loss_point_per_epoch() {
         .output()
         .is_err()
     {
-        println!("SKIPPED the example train module: no python3");
+        // Said on stderr, which cargo test shows with --nocapture (and on failure).
+        eprintln!("SKIPPED the example train module: no python3");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

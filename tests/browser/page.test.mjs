@@ -620,7 +620,7 @@ async function startByApi(moduleId, parameters) {
 const chartOf = (page, name) => page.evaluate((n) => window.runstream.charts()[n] || null, name);
 
 async function caseMetricsChart() {
-  if (!HAS_PYTHON) return note('SKIPPED the train chart: no python3');
+  if (!HAS_PYTHON) return console.log('SKIPPED the train chart: no python3');
   const { server } = ctx;
   const id = (ctx.trainRunId = await startByApi('train', { epochs: 5, steps: 2, lr: 0.001 }));
   const page = (ctx.metricsPage = await newPage());
@@ -674,7 +674,7 @@ async function caseLiveChart() {
 }
 
 async function caseCompare() {
-  if (!HAS_PYTHON) return note('SKIPPED comparing train runs: no python3');
+  if (!HAS_PYTHON) return console.log('SKIPPED comparing train runs: no python3');
   assert(ctx.trainRunId, 'no train run from the chart case');
   const { server } = ctx;
   const page = ctx.metricsPage;
