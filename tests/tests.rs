@@ -11,6 +11,8 @@ mod engine;
 #[cfg(unix)]
 mod gpu;
 #[cfg(unix)]
+mod gpu_nvml;
+#[cfg(unix)]
 mod http_limits;
 #[cfg(unix)]
 mod metrics;

@@ -77,7 +77,9 @@ function connect(afterSeq) {
     var g;
     try { g = JSON.parse(ev.data); } catch (e) { return; }
     current.gpu = g;
-    var t = fmtBytes(g.gpu_memory_bytes);
+    // null: the driver does not attribute memory to processes here (see /api/gpu).
+    var t = g.gpu_memory_bytes === null ? "unknown" : fmtBytes(g.gpu_memory_bytes);
+    if (g.gpu_utilization_percent !== null && g.gpu_utilization_percent !== undefined) t += ", SM " + g.gpu_utilization_percent + "%";
     if (g.gpu_memory_peak_bytes !== null && g.gpu_memory_peak_bytes !== undefined) t += " (peak " + fmtBytes(g.gpu_memory_peak_bytes) + ")";
     document.getElementById("run-gpu").textContent = t;
   });
