@@ -599,7 +599,7 @@ impl Subscription {
 
     /// Waits up to `timeout` for something new: entries, a gap, a status change, or the end.
     pub fn next(&mut self, timeout: Duration) -> Next {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         let mut s = self.capture.lock();
         loop {
             // Status changes come in their place: after the entries captured before them.

@@ -42,6 +42,7 @@
 mod admission;
 mod capture;
 mod config;
+mod deadline;
 mod engine;
 mod entry;
 pub mod gpu;
@@ -52,6 +53,7 @@ mod process;
 mod run;
 #[cfg(feature = "server")]
 pub mod server;
+mod spawn_error;
 mod spec;
 mod status;
 mod timestamp;
@@ -66,6 +68,8 @@ pub use config::EngineConfig;
 pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
+pub use process::raise_open_file_limit;
+pub use spawn_error::SpawnErrorKind;
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};
 pub use timestamp::Timestamp;

@@ -18,6 +18,10 @@ mod http_limits;
 mod metrics;
 mod portable;
 #[cfg(unix)]
+mod proxy;
+#[cfg(unix)]
+mod reliability;
+#[cfg(unix)]
 mod server;
 #[cfg(unix)]
 mod server_process;

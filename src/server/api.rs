@@ -14,7 +14,8 @@ use super::http::{
     header, json_response, query_number, query_pairs, query_value, read_json_body, request_header,
     url_path, ApiError, FullResponse,
 };
-use super::modules::BuildError;
+use super::live_catalogue::ReloadError;
+use super::modules::{seconds, BuildError, MAX_SECONDS};
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
 use super::{metrics, page, run_metrics, sse, AppState};
@@ -49,7 +50,25 @@ pub fn handle(state: &Arc<AppState>, mut request: Request) {
     let origin = request_header(&request, "Origin").map(str::to_string);
     let cors = cors_headers(state.config.cors_origin.as_deref(), origin.as_deref());
     let head = *request.method() == Method::Head;
-    let response = match route(state, &mut request, !cors.is_empty()) {
+    // A bug in a handler must still get an answer: unanswered, tiny_http would send a 500
+    // with an empty body.
+    let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        route(state, &mut request, !cors.is_empty())
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        log::error!("internal error answering {}: {what}", request.url());
+        Err(ApiError::new(
+            500,
+            "INTERNAL_ERROR",
+            format!("internal error in runstream: {what}"),
+        ))
+    });
+    let response = match routed {
         Ok(Reply::Full(r)) => r,
         // HEAD of a stream or a download: its headers say enough.
         Ok(Reply::Stream(..)) if head => {
@@ -112,6 +131,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
             .ok_or_else(|| unknown_route(&segments, &method)),
         (["api", "health"], Get) => Ok(json_reply(200, &health(state))),
         (["api", "modules"], Get) => Ok(json_reply(200, &modules(state))),
+        (["api", "modules", "reload"], Post) => reload_modules(state),
         (["api", "modules", id], Get) => module(state, id),
         (["api", "modules", id, "run"], Post) => {
             let body = read_json_body(request, state.config.max_body_bytes)?;
@@ -151,6 +171,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
 fn allowed_methods<S: AsRef<str>>(segments: &[S]) -> &'static [&'static str] {
     let segments: Vec<&str> = segments.iter().map(AsRef::as_ref).collect();
     match segments.as_slice() {
+        ["api", "modules", "reload"] => &["GET", "POST"], // GET: a module named "reload"
         []
         | ["index.html"]
         | ["page", _]
@@ -199,7 +220,8 @@ fn health(state: &AppState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "active_runs": live,
-        "total_modules": state.catalogue.modules.len(),
+        "total_modules": state.catalogue.get().modules.len(),
+        "catalogue": state.catalogue.health(),
     })
 }
 
@@ -212,6 +234,7 @@ fn module_json(id: &str, module: &super::modules::Module) -> Value {
 fn modules(state: &AppState) -> Value {
     let list: Vec<Value> = state
         .catalogue
+        .get()
         .modules
         .iter()
         .map(|(id, m)| module_json(id, m))
@@ -220,8 +243,8 @@ fn modules(state: &AppState) -> Value {
 }
 
 fn module(state: &AppState, id: &str) -> Result<Reply, ApiError> {
-    let m = state
-        .catalogue
+    let catalogue = state.catalogue.get();
+    let m = catalogue
         .modules
         .get(id)
         .ok_or_else(|| module_not_found(id))?;
@@ -230,6 +253,16 @@ fn module(state: &AppState, id: &str) -> Result<Reply, ApiError> {
 
 fn module_not_found(id: &str) -> ApiError {
     ApiError::new(404, "MODULE_NOT_FOUND", format!("module {id:?} not found"))
+}
+
+/// `POST /api/modules/reload`: what changed, or why the old catalogue stays (422 for a
+/// bad file, 400 when the server has no file to read).
+fn reload_modules(state: &AppState) -> Result<Reply, ApiError> {
+    match state.catalogue.reload() {
+        Ok(report) => Ok(json_reply(200, &report.json())),
+        Err(e @ ReloadError::NoFile) => Err(ApiError::new(400, "INVALID_STATE", e.to_string())),
+        Err(e) => Err(ApiError::validation(e.to_string())),
+    }
 }
 
 fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
@@ -241,7 +274,8 @@ fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
             "the server is shutting down",
         )),
         Err(e @ crate::SubmitError::InvalidSpec(_)) => Err(ApiError::validation(e.to_string())),
-        Err(e) => Err(ApiError::new(500, "INTERNAL_ERROR", e.to_string())),
+        // Out of threads (the user's process limit): the server is full, not broken.
+        Err(e @ crate::SubmitError::Thread(_)) => Err(ApiError::resources(e.to_string())),
     }
 }
 
@@ -266,11 +300,13 @@ fn start_module(state: &AppState, id: &str, body: Value) -> Result<Reply, ApiErr
             ))
         }
     };
-    let (spec, values) = state.catalogue.build(id, &params).map_err(|e| match e {
+    // One catalogue for the whole request, whatever a reload does meanwhile.
+    let catalogue = state.catalogue.get();
+    let (spec, values) = catalogue.build(id, &params).map_err(|e| match e {
         BuildError::NotFound => module_not_found(id),
         BuildError::Invalid(why) => ApiError::validation(why),
     })?;
-    let name = state.catalogue.modules[id].name.clone();
+    let name = catalogue.modules[id].name.clone();
     let spec = spec
         .label(MODULE_NAME_LABEL, name)
         .label(PARAMETERS_LABEL, json!(values).to_string());
@@ -338,15 +374,11 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
     let seconds = |key: &str| -> Result<Option<Duration>, ApiError> {
         match o.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                .map(|s| Some(Duration::from_secs_f64(s)))
-                .ok_or_else(|| {
-                    ApiError::validation(format!(
-                        "\"{key}\" must be a non-negative number of seconds"
-                    ))
-                }),
+            Some(v) => v.as_f64().and_then(seconds).map(Some).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "\"{key}\" must be a number of seconds from 0 to below {MAX_SECONDS:e}"
+                ))
+            }),
         }
     };
     if let Some(t) = seconds("timeout_seconds")?.filter(|t| !t.is_zero()) {

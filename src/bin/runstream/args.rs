@@ -45,10 +45,12 @@ Exit status: 0; 1 when no GPU can be read (the reason on stderr)."
 
 const RUN_NOTES: &str = "\
 The command's stdin is /dev/null: runs are not interactive.
-Ctrl-C / SIGTERM stops the command gracefully (exit 130); a second one kills it.
+Ctrl-C / SIGTERM stops the command gracefully (exit 130), and so does SIGHUP, the
+terminal closing (exit 129); a second one kills it.
 
 Exit status: the command's own; 128+N if it died by signal N; 124 on timeout;
-127 if it could not be found, 126 if it could not be started; 141 if stdout was
+127 if it could not be found, 126 if it was found but could not be started (its #!
+interpreter is missing, say); 141 if stdout was
 closed by its reader, 1 if stdout cannot be written (closed, read-only, disk full):
 the command is then stopped, or not started if that is known before; 2 for a bad
 option or an unusable --log-dir.
