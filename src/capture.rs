@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::logfile::{IndexPoint, LogLocator};
+use crate::metrics::{Joiner, MetricRules, MetricSeries, SeriesSet};
 use crate::storage::StorageHealth;
 use crate::{Entry, RunStatus};
 
@@ -132,6 +133,8 @@ pub struct OutputCapture {
     unsaved: Mutex<bool>,
     /// Where write failures are reported.
     storage: Arc<StorageHealth>,
+    /// How metrics are found in entries read back from the log.
+    metric_rules: MetricRules,
 }
 
 #[derive(Debug)]
@@ -153,6 +156,10 @@ struct CaptureState {
     dropped: u64,
     /// Bumped on every GPU memory change, so subscribers notice one.
     gpu_version: u64,
+    /// The run's metric series.
+    series: SeriesSet,
+    /// The series are still to be read from the log (a run loaded after a restart).
+    series_in_log: bool,
 }
 
 impl CaptureState {
@@ -177,12 +184,20 @@ impl OutputCapture {
         status_file: Option<PathBuf>,
         storage: Arc<StorageHealth>,
     ) -> OutputCapture {
+        let metric_rules = MetricRules::new(&status.metric_patterns).unwrap_or_else(|e| {
+            log::warn!(
+                "run {}: {e}; using the built-in formats only",
+                status.run_id
+            );
+            MetricRules::default()
+        });
         static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         OutputCapture {
             cache_id: NEXT_CACHE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             status_file,
             unsaved: Mutex::new(false),
             storage,
+            metric_rules,
             state: Mutex::new(CaptureState {
                 entries: VecDeque::new(),
                 retained_bytes: 0,
@@ -197,6 +212,8 @@ impl OutputCapture {
                 bytes_captured: 0,
                 dropped: 0,
                 gpu_version: 0,
+                series: SeriesSet::default(),
+                series_in_log: false,
             }),
             changed: Condvar::new(),
         }
@@ -214,6 +231,7 @@ impl OutputCapture {
             s.log_end = (total > entries).then_some(entries);
             s.log = Some(log);
             s.finished = true;
+            s.series_in_log = true;
         }
         capture
     }
@@ -241,6 +259,9 @@ impl OutputCapture {
             debug_assert_eq!(entry.seq, s.next_seq);
             s.next_seq = entry.seq + 1;
             s.bytes_captured += entry.message.len() as u64;
+            if !entry.metrics().is_empty() {
+                s.series.record(&entry);
+            }
             s.retained_bytes += entry.size_in_memory();
             s.entries.push_back(Arc::new(entry));
         }
@@ -419,6 +440,29 @@ impl OutputCapture {
         }
     }
 
+    /// The run's metric series. For a run loaded after a restart they are read from its
+    /// log the first time they are asked for.
+    pub fn metrics(&self) -> Vec<MetricSeries> {
+        let (in_log, next_seq) = {
+            let s = self.lock();
+            (s.series_in_log, s.next_seq)
+        };
+        if in_log {
+            let mut series = SeriesSet::default();
+            let mut cursor = 0;
+            while cursor < next_seq {
+                let (batch, _) = self.read(cursor, MAX_BATCH);
+                let Some(last) = batch.last() else { break };
+                cursor = last.seq + 1;
+                batch.iter().for_each(|e| series.record(e));
+            }
+            let mut s = self.lock();
+            s.series = series;
+            s.series_in_log = false;
+        }
+        self.lock().series.series().to_vec()
+    }
+
     /// Blocks until the run is finished or `deadline` passes; returns the final status.
     pub fn wait_finished(&self, deadline: Option<Instant>) -> Option<RunStatus> {
         let mut s = self.lock();
@@ -512,7 +556,8 @@ impl OutputCapture {
         };
         // Bounded by construction: an index point starts a block at least every
         // `BLOCK_BYTES` of file.
-        let more = log.read(read_to, end, usize::MAX, u64::MAX)?;
+        let mut more = log.read(read_to, end, usize::MAX, u64::MAX)?;
+        Joiner::default().attach(&self.metric_rules, &mut more);
         let block: Block = old
             .iter()
             .flat_map(|b| b.iter().cloned())

@@ -180,6 +180,7 @@ impl Engine {
             labels: spec.labels.clone(),
             log_complete: self.config.log_dir.as_ref().map(|_| true),
             log_missing_from: None,
+            metric_patterns: spec.metric_patterns.clone(),
         };
         let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
         let capture = Arc::new(OutputCapture::new(
@@ -419,6 +420,12 @@ impl RunHandle {
     /// The run's output buffer (for reading entries without subscribing).
     pub fn capture(&self) -> &Arc<OutputCapture> {
         &self.inner.capture
+    }
+
+    /// The run's metric series so far (live while it runs; read from its log for a run
+    /// loaded after a restart). See [`crate::metrics`].
+    pub fn metrics(&self) -> Vec<crate::metrics::MetricSeries> {
+        self.inner.capture.metrics()
     }
 
     /// Follows the run's output and status from `from` on.

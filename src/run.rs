@@ -15,6 +15,7 @@ use crate::capture::OutputCapture;
 use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::logfile::LogWriter;
+use crate::metrics::{Joiner, MetricRules};
 use crate::process::{self, Signal};
 use crate::spawn_error::SpawnError;
 use crate::{
@@ -246,6 +247,10 @@ struct Output {
     open_line_level: [Option<Level>; 2],
     /// Set while the log cannot be written (a full disk).
     log_failure: Option<LogFailure>,
+    /// How metrics are found in the run's lines (`None`: they are not looked for), and
+    /// the lines in pieces being joined.
+    metric_rules: Option<MetricRules>,
+    metric_lines: Joiner,
 }
 
 /// The log file could not be written: entries from `first_missing` on are in memory only.
@@ -274,6 +279,12 @@ impl Output {
             progress: None,
             open_line_level: [None, None],
             log_failure: None,
+            // The spec was validated at submit: its patterns compile.
+            metric_rules: ctx
+                .config
+                .extract_metrics
+                .then(|| MetricRules::new(&ctx.spec.metric_patterns).unwrap_or_default()),
+            metric_lines: Joiner::default(),
         }
     }
 
@@ -297,17 +308,33 @@ impl Output {
         if let Some(p) = progress_percent(&line.message, line.end) {
             self.progress = Some(p);
         }
-        self.push(stream, level, line.message, line.end, timestamp);
+        let mut entry = Entry::new(
+            self.next_seq,
+            timestamp,
+            stream,
+            level,
+            line.message,
+            line.end,
+        );
+        if let Some(rules) = &self.metric_rules {
+            let metrics =
+                self.metric_lines
+                    .metrics(rules, stream, &entry.message, entry.end, entry.seq);
+            entry.set_metrics(metrics);
+        }
+        self.push(entry);
     }
 
-    fn push(&mut self, stream: Stream, level: Level, message: String, end: LineEnd, ts: Timestamp) {
-        let mut entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+    fn push(&mut self, mut entry: Entry) {
         if self.log_would_pass_limit(entry.json().len() as u64 + 1) {
             // The warning goes in first, as the log's last entry: the file passes its limit
             // by at most that one entry. This one takes the next seq, in memory only.
-            let message = std::mem::take(&mut entry.message);
+            let metrics: Box<[crate::metrics::Metric]> = entry.metrics().into();
             self.end_full_log();
+            let message = std::mem::take(&mut entry.message);
+            let (ts, stream, level, end) = (entry.timestamp, entry.stream, entry.level, entry.end);
             entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+            entry.set_metrics(metrics);
         }
         self.batch_log_bytes += entry.json().len() as u64 + 1;
         self.batch_bytes += entry.size_in_memory();
@@ -327,13 +354,16 @@ impl Output {
         if let Some(failure) = self.log_failure.as_mut() {
             failure.retry_at = Instant::now();
         }
-        self.push(
+        let now = Timestamp::now();
+        let entry = Entry::new(
+            self.next_seq,
+            now,
             Stream::System,
             level,
             message,
             LineEnd::Lf,
-            Timestamp::now(),
         );
+        self.push(entry);
         self.commit();
     }
 

@@ -138,6 +138,10 @@ pub struct RunStatus {
     /// The first seq missing from the log file, when `log_complete` is `false`.
     #[serde(default)]
     pub log_missing_from: Option<u64>,
+    /// The run's own metric patterns (from `RunSpec::metric_pattern`), kept so that its
+    /// metrics can be read again from its log after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_patterns: Vec<String>,
 }
 
 impl RunStatus {
