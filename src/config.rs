@@ -54,6 +54,12 @@ pub struct EngineConfig {
     /// How often GPUs are sampled while runs are live or wait for GPU memory. Defaults to
     /// 1 s.
     pub gpu_sample_interval: Duration,
+    /// Put each run in a cgroup v2 of its own where one can be made (Linux, as root or
+    /// with a delegated cgroup): then no process of a run can get away from a stop, and
+    /// runs report CPU time and peak memory. Where none can be made, or with `false`, runs
+    /// are held by their process group alone. [`Engine::containment`](crate::Engine::containment)
+    /// says which is in use. Defaults to `true`.
+    pub cgroups: bool,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +76,7 @@ impl Default for EngineConfig {
             partial_flush: Duration::from_millis(100),
             gpu_source: None,
             gpu_sample_interval: Duration::from_secs(1),
+            cgroups: true,
         }
     }
 }
@@ -92,5 +99,6 @@ mod tests {
         assert_eq!(c.partial_flush, Duration::from_millis(100));
         assert!(c.gpu_source.is_none());
         assert_eq!(c.gpu_sample_interval, Duration::from_secs(1));
+        assert!(c.cgroups);
     }
 }

@@ -13,6 +13,7 @@ use crossbeam_channel::{unbounded, Sender};
 use crate::admission::Admission;
 use crate::capture::{OutputCapture, Subscription};
 use crate::gpu::GpuMonitor;
+use crate::process::{Containment, EngineContainment};
 use crate::run::{self, Control, RunContext, StopReason};
 use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
 
@@ -42,6 +43,7 @@ pub struct Engine {
     gpu: Arc<GpuMonitor>,
     runs: Mutex<Registry>,
     accepting: AtomicBool,
+    containment: Arc<EngineContainment>,
 }
 
 #[derive(Default)]
@@ -103,9 +105,18 @@ impl Engine {
                 admission.recheck();
             }
         }));
+        let containment = Arc::new(EngineContainment::detect(config.cgroups));
+        match &containment.info().reason {
+            None => log::debug!(
+                "runs are contained in cgroups under {:?}",
+                containment.info().cgroup_dir
+            ),
+            Some(why) => log::debug!("runs are contained in process groups: {why}"),
+        }
         Engine {
             admission,
             gpu,
+            containment,
             config: Arc::new(config),
             runs: Mutex::new(Registry::default()),
             accepting: AtomicBool::new(true),
@@ -115,6 +126,12 @@ impl Engine {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// How runs' processes are held together: in a cgroup of their own each, or by their
+    /// process group (job object on Windows), and why.
+    pub fn containment(&self) -> &Containment {
+        self.containment.info()
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -163,6 +180,10 @@ impl Engine {
             gpu_memory_peak_bytes: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
+            containment: None,
+            cgroup: None,
+            cpu_seconds: None,
+            memory_peak_bytes: None,
         };
         let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
         let capture = Arc::new(OutputCapture::new(
@@ -187,6 +208,7 @@ impl Engine {
             control: control_rx,
             admission: Arc::clone(&self.admission),
             gpu: Arc::clone(&self.gpu),
+            containment: Arc::clone(&self.containment),
             ticket,
         };
         let ticket_id = ctx.ticket.id;

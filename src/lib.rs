@@ -65,6 +65,9 @@ pub use config::EngineConfig;
 pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
+#[cfg(target_os = "linux")]
+pub use process::reap_orphans;
+pub use process::Containment;
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};
 pub use timestamp::Timestamp;

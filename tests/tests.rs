@@ -7,11 +7,17 @@
 #[cfg(unix)]
 mod cli;
 #[cfg(unix)]
+mod containment;
+#[cfg(target_os = "linux")]
+mod crash_orphans;
+#[cfg(unix)]
 mod engine;
 #[cfg(unix)]
 mod gpu;
 #[cfg(unix)]
 mod http_limits;
+#[cfg(target_os = "linux")]
+mod pid1;
 mod portable;
 #[cfg(unix)]
 mod server;

@@ -4,6 +4,25 @@
 
 mod command;
 pub(crate) use command::*;
+#[cfg(target_os = "linux")]
+mod cgroup;
+#[cfg(all(target_os = "linux", feature = "server"))]
+pub(crate) use cgroup::stop_lost as stop_lost_cgroup;
+mod containment;
+#[cfg(target_os = "linux")]
+mod reaper;
+pub use containment::Containment;
+pub(crate) use containment::{discard_cgroup, spawn_contained, EngineContainment, RunProcesses};
+#[cfg(target_os = "linux")]
+pub use reaper::reap_orphans;
+#[cfg(target_os = "linux")]
+pub(crate) use reaper::{leader_reaped, spawn_leader};
+mod pipe_holders;
+#[cfg(feature = "server")]
+pub(crate) use pipe_holders::marked_processes;
+pub(crate) use pipe_holders::{
+    describe_holders, pipe_holders, pipe_inode, PipeHolder, CAN_FIND_PIPE_HOLDERS,
+};
 
 /// How the engine stops a process group: gracefully (`Term`), or at once (`Kill`). The
 /// names are unix's; each platform file says what they do there (`name`, messages).
@@ -22,6 +41,10 @@ pub(crate) use unix::*;
 mod windows;
 #[cfg(windows)]
 pub(crate) use windows::*;
+
+/// Off Linux the engine does not reap orphans: the pid is not recorded.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn leader_reaped(_pid: u32) {}
 
 #[cfg(not(any(unix, windows)))]
 compile_error!("runstream supports unix and Windows");

@@ -16,12 +16,22 @@ use crate::spec::RunSpec;
 /// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
 /// pipes. Errors are worded for a person ("working directory … does not exist").
 pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
+    spawn_with(spec, |_| {})
+}
+
+/// [`spawn`], with `setup` adding to the command first (a pre-exec hook that joins a
+/// cgroup).
+pub(crate) fn spawn_with(
+    spec: &RunSpec,
+    setup: impl FnOnce(&mut std::process::Command),
+) -> Result<Spawned, String> {
     let PreparedCommand {
         mut command,
         stdout,
         stderr,
     } = prepare(spec)?;
     command.process_group(0);
+    setup(&mut command);
     let child = SharedChild::spawn(&mut command).map_err(|e| spawn_error(&spec.program, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
@@ -92,6 +102,10 @@ impl ProcessGroup {
 }
 
 /// Sends `signal` to every process in group `pgid`. `Ok(false)` when the group is gone.
+///
+/// SIGTERM is followed by SIGCONT, as systemd does: a stopped process (Ctrl-Z, a debugger,
+/// `kill -STOP`) would otherwise not run its SIGTERM handler until SIGKILL came, and a job
+/// that saves a checkpoint on SIGTERM would lose it.
 fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
     let sig = match signal {
         Signal::Term => libc::SIGTERM,
@@ -99,6 +113,10 @@ fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
     };
     // SAFETY: killpg has no memory-safety preconditions.
     if unsafe { libc::killpg(pgid as libc::pid_t, sig) } == 0 {
+        if signal == Signal::Term {
+            // SAFETY: as above.
+            unsafe { libc::killpg(pgid as libc::pid_t, libc::SIGCONT) };
+        }
         return Ok(true);
     }
     let err = io::Error::last_os_error();

@@ -42,6 +42,10 @@ pub fn run_json(status: &RunStatus) -> Value {
         "gpu_memory_bytes": status.gpu_memory_bytes,
         "gpu_memory_peak_bytes": status.gpu_memory_peak_bytes,
         "waiting_for": status.waiting_for,
+        "containment": status.containment,
+        "cgroup": status.cgroup,
+        "cpu_seconds": status.cpu_seconds,
+        "memory_peak_bytes": status.memory_peak_bytes,
         "labels": labels,
     })
 }

@@ -68,6 +68,12 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(g) = args.grace {
         spec = spec.grace(g);
     }
+    // As a container's PID 1 (or under one that does not reap), orphans of the command
+    // come to us: reap them, as tini does. Elsewhere, as a subreaper, they come to us too.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = runstream::reap_orphans() {
+        eprintln!("runstream: cannot reap orphans (PR_SET_CHILD_SUBREAPER): {e}");
+    }
     let run = match engine.submit(spec) {
         Ok(run) => run,
         Err(e) => {

@@ -20,6 +20,8 @@ usage: runstream serve [OPTIONS]
   --token TOKEN          require Authorization: Bearer TOKEN (or RUNSTREAM_TOKEN);
                          needed to bind anything but loopback
   --allow-commands       allow POST /api/runs with a raw argv
+  --no-cgroups           hold runs by their process groups only, even where a cgroup
+                         could be made for each (see docs/PLATFORMS.md)
   --cors-origin ORIGIN   allow a browser app on ORIGIN (or *) to call the API
   --max-concurrent N     runs live at once (default: CPU count); the rest queue
   --grace DUR            default time between SIGTERM and SIGKILL (default 5s)
@@ -68,6 +70,7 @@ fn parse(options: Vec<String>) -> Result<ServeArgs, String> {
             "--data-dir" => data_dir = PathBuf::from(value()?),
             "--token" => server.token = Some(value()?).filter(|t| !t.is_empty()),
             "--allow-commands" => server.allow_commands = true,
+            "--no-cgroups" => engine.cgroups = false,
             "--cors-origin" => server.cors_origin = Some(parse_origin(&value()?)?),
             "--max-concurrent" => engine.max_concurrent = number(value()?)?.max(1),
             "--grace" => engine.default_grace = parse_duration(&value()?)?,
@@ -179,6 +182,12 @@ pub fn run(options: Vec<String>) -> i32 {
         return 1;
     }
     let grace = args.engine.default_grace;
+    // Processes that leave a run (setsid, double fork) stay our children: found, stopped
+    // and reaped here rather than by init.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = runstream::reap_orphans() {
+        log::warn!("cannot become a child subreaper, orphans of runs go to init: {e}");
+    }
     let signal_rx = match stop_requests::listen() {
         Ok(s) => s,
         Err(e) => {
@@ -191,6 +200,14 @@ pub fn run(options: Vec<String>) -> i32 {
     let open_to_any_site =
         args.server.cors_origin.as_deref() == Some("*") && args.server.token.is_none();
     let engine = Arc::new(Engine::new(args.engine));
+    let containment = engine.containment();
+    match (&containment.cgroup_dir, &containment.reason) {
+        (Some(dir), _) => log::info!("each run in a cgroup of its own under {}", dir.display()),
+        (None, why) => log::warn!(
+            "runs are held by their process groups (a process can leave with setsid): {}",
+            why.as_deref().unwrap_or("no cgroups here")
+        ),
+    }
     let server = match Server::start(Arc::clone(&engine), catalogue, args.server) {
         Ok(s) => Arc::new(s),
         Err(e) => {
