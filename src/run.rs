@@ -196,43 +196,42 @@ fn run(ctx: RunContext) {
             None
         }
     };
-    if let Some(dir) = cgroup.as_ref().map(|c| format!("{}", c.dir().display())) {
-        // On disk before the child exists: after a crash, whatever is in the cgroup can
-        // be found and killed even if the pid never reached the status file.
-        ctx.capture.update_status(true, |s| s.cgroup = Some(dir));
+    if let Some(mb) = ctx.spec.memory_max_mb {
+        match process::limit_memory(cgroup.as_ref(), mb) {
+            Ok(()) => out.system(Level::Info, format!("memory limit {mb} MiB (memory.max)")),
+            Err(why) => out.system(
+                Level::Warning,
+                format!("memory_max_mb {mb} is not enforced: {why}"),
+            ),
+        }
     }
     // Marks every process of the run (its environment is inherited), so that crash
-    // recovery finds them without a cgroup too, even before the pid is on disk.
+    // recovery finds them without a cgroup too.
     let spec = ctx.spec.clone().env(RUN_ID_VARIABLE, &ctx.run_id);
     let started_at = Some(Timestamp::now());
-    match process::spawn_contained(&spec, cgroup.as_ref()) {
+    let containment = ctx.containment.info();
+    let kind = process::run_kind(containment, cgroup.is_some());
+    let cgroup_dir = cgroup.as_ref().map(|c| format!("{}", c.dir().display()));
+    // Called before the child may run its program: with its pid (and cgroup) on disk, a
+    // crash of runstream from now on leaves nothing that recovery cannot find.
+    let on_pid = |pid: u32| {
+        ctx.capture.update_status(true, |s| {
+            s.status = RunState::Running;
+            s.waiting_for = None;
+            s.started_at = started_at;
+            s.pid = Some(pid);
+            s.process_start_time = process::process_start_time(pid);
+            s.containment = Some(kind.into());
+            s.cgroup = cgroup_dir.clone();
+        })
+    };
+    match process::spawn_contained(&spec, cgroup.as_ref(), &on_pid) {
         Ok(spawned) => {
             let pipes = [&spawned.stdout, &spawned.stderr]
                 .into_iter()
                 .filter_map(process::pipe_inode)
                 .collect();
-            let group = spawned.group.clone();
-            let procs = RunProcesses::new(group, cgroup, pipes);
-            let containment = ctx.containment.info();
-            if let Some(mb) = ctx.spec.memory_max_mb {
-                match procs.set_memory_max(mb) {
-                    Ok(()) => {
-                        out.system(Level::Info, format!("memory limit {mb} MiB (memory.max)"))
-                    }
-                    Err(why) => out.system(
-                        Level::Warning,
-                        format!("memory_max_mb {mb} is not enforced: {why}"),
-                    ),
-                }
-            }
-            ctx.capture.update_status(true, |s| {
-                s.status = RunState::Running;
-                s.waiting_for = None;
-                s.started_at = started_at;
-                s.pid = Some(spawned.pid);
-                s.process_start_time = process::process_start_time(spawned.pid);
-                s.containment = Some(procs.kind(containment).into());
-            });
+            let procs = RunProcesses::new(spawned.group.clone(), cgroup, pipes);
             ctx.gpu
                 .track(ticket.id, &spawned.group, &ctx.run_id, &ctx.capture);
             // The supervisor untracks the run from the GPU monitor as it finishes.
@@ -240,6 +239,10 @@ fn run(ctx: RunContext) {
         }
         Err(message) => {
             process::discard_cgroup(cgroup);
+            ctx.capture.update_status(false, |s| {
+                s.pid = None; // the process that was forked never ran the program
+                s.process_start_time = None;
+            });
             ctx.gpu.cancel_reservation(ticket.id);
             out.system(Level::Error, format!("failed to start: {message}"));
             ctx.capture.finish(|s| {

@@ -153,11 +153,10 @@ fn stop_after_the_leader_exited(stop: impl FnOnce(&RunHandle), timeout: Option<D
         spec = spec.timeout(t);
     }
     let run = engine.submit(spec).unwrap();
-    wait_for_entry(&run, |e| e.message == "escapee-3");
-    let escapee = read_pid(&pidfile);
-    let _guard = KillOnDrop::new(escapee);
     stop(&run);
     let status = run.wait_timeout(PATIENCE).expect("the stop ended the run");
+    let escapee = read_pid(&pidfile);
+    let _guard = KillOnDrop::new(escapee);
     assert!(wait_gone(escapee), "the escapee was stopped too");
     let expected = match timeout {
         Some(_) => RunState::TimedOut,
@@ -178,7 +177,7 @@ fn stop_after_the_leader_exited(stop: impl FnOnce(&RunHandle), timeout: Option<D
 fn issue10_cancel_stops_an_escapee_that_keeps_writing_after_the_leader_exited() {
     stop_after_the_leader_exited(
         |run| {
-            wait_for_entry(run, |e| e.message == "leader-done");
+            wait_for_entry(run, |e| e.message == "escapee-3");
             assert!(run.cancel());
         },
         None,
@@ -187,7 +186,8 @@ fn issue10_cancel_stops_an_escapee_that_keeps_writing_after_the_leader_exited() 
 
 #[test]
 fn issue10_a_timeout_stops_an_escapee_that_keeps_writing_after_the_leader_exited() {
-    stop_after_the_leader_exited(|_| {}, Some(Duration::from_secs(1)));
+    // The leader exits at once; the escapee writes for 15 s.
+    stop_after_the_leader_exited(|_| {}, Some(Duration::from_secs(3)));
 }
 
 #[test]

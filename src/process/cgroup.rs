@@ -282,9 +282,9 @@ pub(crate) fn stop_lost(dir: &Path, grace: std::time::Duration) -> io::Result<us
     Ok(pids.len())
 }
 
-/// Removes the empty directories of engines whose process is gone (a server killed
-/// before it could remove its own). A directory that still holds a run's cgroup stays:
-/// crash recovery stops that run and removes both.
+/// Removes the empty cgroups of engines whose process is gone (a server killed before it
+/// could remove its own). A cgroup that still has processes stays: crash recovery stops
+/// that run and removes it.
 fn remove_dead_engines(base: &Path) {
     let Ok(entries) = fs::read_dir(base) else {
         return;
@@ -297,7 +297,15 @@ fn remove_dead_engines(base: &Path) {
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok());
         if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = fs::remove_dir(entry.path()); // fails, as it should, when not empty
+            // Runs' cgroups made just before the crash, before any child was recorded
+            // (it exited at the spawn gate): empty. Removing fails, as it should, for
+            // one that still has processes.
+            for run in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                if run.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = fs::remove_dir(run.path());
+                }
+            }
+            let _ = fs::remove_dir(entry.path());
         }
     }
 }

@@ -135,36 +135,88 @@ pub(crate) fn discard_cgroup(cgroup: Option<RunCgroup>) {
 }
 
 /// Spawns `spec` in `cgroup` (joined before the child runs anything), or as
-/// [`super::spawn`] does without one.
+/// [`super::spawn`] does without one. `on_pid` gets the child's pid before the child may
+/// run its program (on unix; on Windows, where a crash of runstream kills the job, just
+/// after the spawn): whoever records it there loses no child to a crash.
 pub(crate) fn spawn_contained(
     spec: &crate::RunSpec,
     cgroup: Option<&RunCgroup>,
+    on_pid: &(dyn Fn(u32) + Sync),
 ) -> Result<super::Spawned, String> {
     // Recorded as a run's leader as it is spawned, so that the orphan reaper never takes
     // its exit status.
     #[cfg(target_os = "linux")]
-    return super::spawn_leader(|| spawn_in(spec, cgroup), |s| s.pid);
+    return super::spawn_leader(|| spawn_in(spec, cgroup, on_pid), |s| s.pid);
     #[cfg(not(target_os = "linux"))]
-    spawn_in(spec, cgroup)
+    spawn_in(spec, cgroup, on_pid)
 }
 
-fn spawn_in(spec: &crate::RunSpec, cgroup: Option<&RunCgroup>) -> Result<super::Spawned, String> {
-    match cgroup {
-        None => super::spawn(spec),
-        #[cfg(target_os = "linux")]
-        Some(cgroup) => {
-            let spawned = super::spawn_with(spec, |command| cgroup.place(command))?;
-            if let Err(e) = cgroup.ensure_member(spawned.pid) {
-                log::warn!(
-                    "pid {} could not join its cgroup {}: {e}",
-                    spawned.pid,
-                    cgroup.dir().display()
-                );
-            }
-            Ok(spawned)
+#[cfg(unix)]
+fn spawn_in(
+    spec: &crate::RunSpec,
+    cgroup: Option<&RunCgroup>,
+    on_pid: &(dyn Fn(u32) + Sync),
+) -> Result<super::Spawned, String> {
+    #[cfg(target_os = "linux")]
+    if let Some(cgroup) = cgroup {
+        let spawned = super::spawn_with(spec, |command| cgroup.place(command), Some(on_pid))?;
+        if let Err(e) = cgroup.ensure_member(spawned.pid) {
+            log::warn!(
+                "pid {} could not join its cgroup {}: {e}",
+                spawned.pid,
+                cgroup.dir().display()
+            );
         }
-        #[cfg(not(target_os = "linux"))]
-        Some(never) => match *never {},
+        return Ok(spawned);
+    }
+    #[cfg(not(target_os = "linux"))]
+    if let Some(never) = cgroup {
+        match *never {}
+    }
+    super::spawn_with(spec, |_| {}, Some(on_pid))
+}
+
+#[cfg(not(unix))]
+fn spawn_in(
+    spec: &crate::RunSpec,
+    cgroup: Option<&RunCgroup>,
+    on_pid: &(dyn Fn(u32) + Sync),
+) -> Result<super::Spawned, String> {
+    if let Some(never) = cgroup {
+        match *never {}
+    }
+    let spawned = super::spawn(spec)?;
+    on_pid(spawned.pid);
+    Ok(spawned)
+}
+
+/// Sets the run's `memory.max` to `mb` MiB, before the child is spawned; says why not in
+/// the `Err`.
+pub(crate) fn limit_memory(cgroup: Option<&RunCgroup>, mb: u64) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    if let Some(cgroup) = cgroup {
+        if !cgroup.has_memory_controller() {
+            return Err(
+                "the memory controller is not available to runstream's cgroup \
+                 (see /api/health, containment.controllers)"
+                    .into(),
+            );
+        }
+        return cgroup
+            .set_memory_max(mb.saturating_mul(1 << 20))
+            .map_err(|e| format!("cannot set memory.max: {e}"));
+    }
+    let _ = (cgroup, mb);
+    Err("the run has no cgroup".into())
+}
+
+/// What holds a run: `cgroup` when it has one, else the engine's fallback kind (also when
+/// the engine uses cgroups but this run's could not be made).
+pub(crate) fn run_kind(engine: &Containment, has_cgroup: bool) -> &'static str {
+    match (has_cgroup, engine.kind) {
+        (true, _) => "cgroup",
+        (false, "cgroup") => "process_group",
+        (false, kind) => kind,
     }
 }
 
@@ -233,24 +285,6 @@ impl RunProcesses {
     /// The run's process group.
     pub fn group(&self) -> &ProcessGroup {
         &self.group
-    }
-
-    /// The run's cgroup directory, when it has one.
-    pub fn cgroup_dir(&self) -> Option<PathBuf> {
-        #[cfg(target_os = "linux")]
-        return self.cgroup.as_ref().map(|c| c.dir().to_path_buf());
-        #[cfg(not(target_os = "linux"))]
-        None
-    }
-
-    /// What holds this run: `cgroup`, or the engine's fallback kind (also when the engine
-    /// uses cgroups but this run's could not be made).
-    pub fn kind(&self, engine: &Containment) -> &'static str {
-        match (self.cgroup_dir(), engine.kind) {
-            (Some(_), _) => "cgroup",
-            (None, "cgroup") => "process_group",
-            (None, kind) => kind,
-        }
     }
 
     /// The processes outside the group and cgroup that hold the output pipes now (a
@@ -354,25 +388,6 @@ impl RunProcesses {
             Ok(false) => Signalled::Nobody,
             Err(e) => Signalled::Failed(e),
         }
-    }
-
-    /// Whether the cgroup has a memory controller (so `memory.max` can be set).
-    pub fn set_memory_max(&self, mb: u64) -> Result<(), String> {
-        #[cfg(target_os = "linux")]
-        if let Some(cgroup) = &self.cgroup {
-            if !cgroup.has_memory_controller() {
-                return Err(
-                    "the memory controller is not available to runstream's cgroup \
-                     (see /api/health, containment.controllers)"
-                        .into(),
-                );
-            }
-            return cgroup
-                .set_memory_max(mb.saturating_mul(1 << 20))
-                .map_err(|e| format!("cannot set memory.max: {e}"));
-        }
-        let _ = mb;
-        Err("the run has no cgroup".into())
     }
 
     /// What the kernel counted; all `None` without a cgroup.

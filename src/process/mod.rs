@@ -12,17 +12,23 @@ mod containment;
 #[cfg(target_os = "linux")]
 mod reaper;
 pub use containment::Containment;
-pub(crate) use containment::{discard_cgroup, spawn_contained, EngineContainment, RunProcesses};
+pub(crate) use containment::{
+    discard_cgroup, limit_memory, run_kind, spawn_contained, EngineContainment, RunProcesses,
+};
 #[cfg(target_os = "linux")]
 pub use reaper::reap_orphans;
 #[cfg(target_os = "linux")]
 pub(crate) use reaper::{leader_reaped, spawn_leader};
 mod pipe_holders;
+#[cfg(unix)]
+mod spawn_gate;
 #[cfg(feature = "server")]
 pub(crate) use pipe_holders::marked_processes;
 pub(crate) use pipe_holders::{
     describe_holders, pipe_holders, pipe_inode, PipeHolder, CAN_FIND_PIPE_HOLDERS,
 };
+#[cfg(unix)]
+pub(crate) use spawn_gate::SpawnGate;
 
 /// How the engine stops a process group: gracefully (`Term`), or at once (`Kill`). The
 /// names are unix's; each platform file says what they do there (`name`, messages).

@@ -15,15 +15,18 @@ use crate::spec::RunSpec;
 
 /// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
 /// pipes. Errors are worded for a person ("working directory … does not exist").
+#[allow(dead_code)] // the name both platforms have; runs spawn through `spawn_with` here
 pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
-    spawn_with(spec, |_| {})
+    spawn_with(spec, |_| {}, None)
 }
 
 /// [`spawn`], with `setup` adding to the command first (a pre-exec hook that joins a
-/// cgroup).
+/// cgroup), and with `on_pid`, the child held between fork and exec until `on_pid` has
+/// returned with its pid (see `spawn_gate.rs`).
 pub(crate) fn spawn_with(
     spec: &RunSpec,
     setup: impl FnOnce(&mut std::process::Command),
+    on_pid: Option<&(dyn Fn(u32) + Sync)>,
 ) -> Result<Spawned, String> {
     let PreparedCommand {
         mut command,
@@ -32,7 +35,13 @@ pub(crate) fn spawn_with(
     } = prepare(spec)?;
     command.process_group(0);
     setup(&mut command);
-    let child = SharedChild::spawn(&mut command).map_err(|e| spawn_error(&spec.program, e))?;
+    let child = match on_pid {
+        None => SharedChild::spawn(&mut command),
+        Some(on_pid) => super::SpawnGate::new()
+            .map_err(|e| format!("could not create a pipe: {e}"))?
+            .spawn(&mut command, on_pid, SharedChild::spawn),
+    }
+    .map_err(|e| spawn_error(&spec.program, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
     drop(command);

@@ -1,0 +1,92 @@
+//! Holds a freshly forked child before it runs anything until its pid is on disk, so that
+//! a server killed at any moment leaves no child that crash recovery cannot find.
+//!
+//! Between fork and exec (a pre-exec hook) the child writes its pid on a "hello" pipe and
+//! waits for one byte on a "go" pipe. A thread of ours reads the pid, hands it to the
+//! caller (who records it), then writes the byte. If runstream dies first, the go pipe's
+//! write end is closed by the kernel: the child reads end-of-file and exits with 127
+//! without running the program.
+//!
+//! The thread is needed because `Command::spawn` returns only once the child has exec'd:
+//! the gate must be opened while spawn is still waiting.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use os_pipe::{PipeReader, PipeWriter};
+
+/// The two pipes of one spawn.
+pub(crate) struct SpawnGate {
+    hello_read: PipeReader,
+    hello_write: PipeWriter,
+    go_read: PipeReader,
+    go_write: PipeWriter,
+}
+
+impl SpawnGate {
+    pub fn new() -> io::Result<SpawnGate> {
+        let (hello_read, hello_write) = os_pipe::pipe()?;
+        let (go_read, go_write) = os_pipe::pipe()?;
+        Ok(SpawnGate {
+            hello_read,
+            hello_write,
+            go_read,
+            go_write,
+        })
+    }
+
+    /// Runs `spawn` (which spawns `command`) with the gate in the child's way, calling
+    /// `on_pid` with the child's pid before the child may go on to exec.
+    pub fn spawn<T>(
+        self,
+        command: &mut Command,
+        on_pid: &(dyn Fn(u32) + Sync),
+        spawn: impl FnOnce(&mut Command) -> T,
+    ) -> T {
+        let SpawnGate {
+            mut hello_read,
+            hello_write,
+            go_read,
+            mut go_write,
+        } = self;
+        let (hello, go): (RawFd, RawFd) = (hello_write.as_raw_fd(), go_read.as_raw_fd());
+        // SAFETY: the hook calls only getpid, write, read and _exit, which are
+        // async-signal-safe, on two fds that stay open until the spawn returns (they are
+        // dropped below, after it). Both are close-on-exec: the program never sees them.
+        unsafe {
+            command.pre_exec(move || {
+                let pid = (libc::getpid() as u32).to_ne_bytes();
+                if libc::write(hello, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+                    libc::_exit(127);
+                }
+                let mut byte = 0u8;
+                loop {
+                    match libc::read(go, (&mut byte as *mut u8).cast(), 1) {
+                        1 => return Ok(()),
+                        -1 if *libc::__errno_location() == libc::EINTR => continue,
+                        // End of file: runstream is gone, and with it any record of us.
+                        _ => libc::_exit(127),
+                    }
+                }
+            });
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut pid = [0u8; 4];
+                // End of file (no child was made, or it died first): nothing to open.
+                if hello_read.read_exact(&mut pid).is_ok() {
+                    on_pid(u32::from_ne_bytes(pid));
+                    let _ = go_write.write_all(b"g");
+                }
+            });
+            let spawned = spawn(command);
+            // Our copy of the hello pipe's write end: the thread above sees end of file
+            // when no child holds it either (the spawn failed before the hook ran).
+            drop(hello_write);
+            drop(go_read);
+            spawned
+        })
+    }
+}
