@@ -126,3 +126,71 @@ fn issue16_no_child_is_left_after_kill_9_right_after_posts_with_cgroups() {
 fn issue16_no_child_is_left_after_kill_9_right_after_posts_with_process_groups() {
     no_orphans_after_kill_9_right_after_posts(&["--no-cgroups"]);
 }
+
+/// GET `path` on the server at `port`; the JSON answer.
+fn get_json(port: u16, path: &str) -> serde_json::Value {
+    ureq::get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap()
+}
+
+#[test]
+fn issue10_crash_recovery_kills_what_is_left_in_a_lost_runs_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pidfile = dir.path().join("escapee.pid");
+    let (mut server, port) = serve(&data, &[]);
+    let health = get_json(port, "/api/health");
+    if health["containment"]["kind"] != "cgroup" {
+        server.kill().unwrap();
+        server.wait().unwrap();
+        println!(
+            "SKIPPED issue10_crash_recovery_kills_what_is_left_in_a_lost_runs_cgroup: {}",
+            health["containment"]
+        );
+        return;
+    }
+    // The escapee leaves the group and clears its environment: neither the process group
+    // nor the RUNSTREAM_RUN_ID marker can find it after a crash; the cgroup can.
+    let script = format!(
+        "setsid env -i sh -c 'echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 1000' \
+         >/dev/null 2>&1 & sleep 1000",
+        p = pidfile.display()
+    );
+    let body = serde_json::json!({ "argv": ["sh", "-c", script] }).to_string();
+    let answer = ureq::post(&format!("http://127.0.0.1:{port}/api/runs"))
+        .set("Content-Type", "application/json")
+        .send_string(&body)
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let deadline = Instant::now() + PATIENCE;
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "the escapee did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let escapee: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(crate::util::is_alive(escapee), "a crash leaves it running");
+    let (mut server, _) = serve(&data, &[]);
+    let deadline = Instant::now() + PATIENCE;
+    while crate::util::is_alive(escapee) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = crate::util::is_alive(escapee);
+    if survived {
+        kill_all(&[escapee]);
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        !survived,
+        "recovery killed the escapee through the lost run's cgroup"
+    );
+}
