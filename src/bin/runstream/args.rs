@@ -1,178 +1,187 @@
-//! Command-line parsing for `runstream`, by hand: the grammar is small and a parser crate
-//! would cost more build time than it saves.
+//! The command line of `runstream`, declared with clap: the subcommands and `run`'s
+//! options (`serve`'s are in `serve_args.rs`). Defaults shown in `--help` are read from the
+//! library's `Default` impls, never written here.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const USAGE: &str = "\
-usage: runstream run [OPTIONS] -- PROGRAM [ARGS...]
-       runstream serve [OPTIONS]
-       runstream gpu
-       runstream --version | --help
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use runstream::EngineConfig;
 
-gpu: prints the GPUs once (name, memory, utilisation, temperature, power, processes).
+use crate::serve_args::ServeArgs;
+use crate::values::{parse_env, HumanDuration};
 
-run: runs one command through the engine in the foreground, output live.
-  --json             print every entry as one JSON line on stdout
-  --timeout DUR      stop the command after DUR (e.g. 90s, 500ms, 2m, 1h; 0 = none);
-                     exit 124
-  --grace DUR        time between SIGTERM and SIGKILL when stopping (default 5s)
-  --cwd DIR          working directory
-  --env KEY=VALUE    set an environment variable (repeatable)
-  --log-dir DIR      keep the full output in DIR/{run_id}.jsonl (without it the same
-                     file is temporary and removed at exit); if DIR cannot be
-                     created or written, nothing is started (exit 2)
-  The command's stdin is /dev/null: runs are not interactive.
-  Ctrl-C / SIGTERM stops the command gracefully (exit 130); a second one kills it.
-  Exit status: the command's own; 128+N if it died by signal N; 124 on timeout;
-  127 if it could not be found, 126 if it could not be started; 141 if stdout was
-  closed by its reader, 1 if stdout cannot be written (closed, read-only, disk full):
-  the command is then stopped, or not started if that is known before.
+/// Run long jobs as child processes, capture their output live, stream it over SSE, stop
+/// them cleanly.
+#[derive(Debug, Parser)]
+#[command(
+    name = "runstream",
+    version,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A subcommand and its options.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one command in the foreground, its output live
+    Run(RunArgs),
+    /// Serve the HTTP API, the SSE streams and the web page until SIGINT/SIGTERM
+    Serve(ServeArgs),
+    /// Print the GPUs once (name, memory, utilisation, temperature, power, processes)
+    Gpu,
+}
+
+const RUN_NOTES: &str = "\
+The command's stdin is /dev/null: runs are not interactive.
+Ctrl-C / SIGTERM stops the command gracefully (exit 130); a second one kills it.
+
+Exit status: the command's own; 128+N if it died by signal N; 124 on timeout;
+127 if it could not be found, 126 if it could not be started; 141 if stdout was
+closed by its reader, 1 if stdout cannot be written (closed, read-only, disk full):
+the command is then stopped, or not started if that is known before; 2 for a bad
+option or an unusable --log-dir.
 ";
 
 /// What `runstream run` was asked to do.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Args)]
+#[command(after_help = RUN_NOTES)]
 pub struct RunArgs {
+    /// Print every entry as one JSON line on stdout
+    #[arg(long)]
     pub json: bool,
-    pub timeout: Option<Duration>,
-    pub grace: Option<Duration>,
+    /// Stop the command after DUR (e.g. 90s, 500ms, 2m, 1h; 0 = none); exit 124
+    #[arg(long, value_name = "DUR")]
+    timeout: Option<HumanDuration>,
+    /// Time between SIGTERM and SIGKILL when stopping
+    #[arg(long, value_name = "DUR", default_value_t = HumanDuration(EngineConfig::default().default_grace))]
+    grace: HumanDuration,
+    /// Working directory
+    #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
+    /// Set an environment variable (repeatable)
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Keep the full output in DIR/{run_id}.jsonl (without it the same file is temporary
+    /// and removed at exit); if DIR cannot be created or written, nothing is started
+    #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
-    pub program: OsString,
-    pub args: Vec<OsString>,
+    /// The command and its arguments (options after PROGRAM belong to it)
+    #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true)]
+    command: Vec<OsString>,
 }
 
-/// A subcommand and its options, or a request for help/version.
-#[derive(Debug)]
-pub enum Command {
-    Run(RunArgs),
-    Serve(Vec<String>),
-    Gpu,
-    Help,
-    Version,
-}
+impl RunArgs {
+    /// The timeout; `0` means none, as `timeout_seconds: 0` in the HTTP API and
+    /// `timeout 0 CMD`.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.map(|t| t.0).filter(|t| !t.is_zero())
+    }
 
-/// Parses the whole command line (without the program name).
-pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String> {
-    let Some(first) = argv.next() else {
-        return Err("missing command".into());
-    };
-    match first.to_str() {
-        Some("run") => match parse_run(argv) {
-            Err(e) if e.is_empty() => Ok(Command::Help),
-            other => other.map(Command::Run),
-        },
-        Some("serve") => argv
-            .map(|a| {
-                a.into_string()
-                    .map_err(|a| format!("argument is not UTF-8: {a:?}"))
-            })
-            .collect::<Result<_, _>>()
-            .map(Command::Serve),
-        Some("gpu") => Ok(Command::Gpu),
-        Some("-h" | "--help" | "help") => Ok(Command::Help),
-        Some("-V" | "--version") => Ok(Command::Version),
-        _ => Err(format!("unknown command {first:?}")),
+    /// Time between SIGTERM and SIGKILL.
+    pub fn grace(&self) -> Duration {
+        self.grace.0
+    }
+
+    /// The program and its arguments.
+    pub fn command(&self) -> (&OsString, &[OsString]) {
+        let (program, args) = self.command.split_first().expect("clap requires PROGRAM");
+        (program, args)
     }
 }
 
-fn parse_run(mut argv: impl Iterator<Item = OsString>) -> Result<RunArgs, String> {
-    let mut out = RunArgs::default();
-    let mut rest = Vec::new();
-    while let Some(arg) = argv.next() {
-        let text = arg.to_string_lossy().into_owned();
-        if text == "--" {
-            rest.extend(argv.by_ref());
-            break;
-        }
-        if !text.starts_with('-') || text == "-" {
-            rest.push(arg);
-            rest.extend(argv.by_ref());
-            break;
-        }
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (text.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => argv
-                    .next()
-                    .map(|v| v.to_string_lossy().into_owned())
-                    .ok_or_else(|| format!("{name} needs a value")),
-            }
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Err(String::new()),
-            "--json" => out.json = true,
-            // 0 = no timeout, as `timeout_seconds: 0` in the HTTP API and `timeout 0 CMD`.
-            "--timeout" => out.timeout = Some(parse_duration(&value()?)?).filter(|t| !t.is_zero()),
-            "--grace" => out.grace = Some(parse_duration(&value()?)?),
-            "--cwd" => out.cwd = Some(value()?.into()),
-            "--log-dir" => out.log_dir = Some(value()?.into()),
-            "--env" => {
-                let pair = value()?;
-                let (k, v) = pair
-                    .split_once('=')
-                    .filter(|(k, _)| !k.is_empty())
-                    .ok_or_else(|| format!("--env takes KEY=VALUE, got {pair:?}"))?;
-                out.env.push((k.to_string(), v.to_string()));
-            }
-            _ => return Err(format!("unknown option {name}")),
-        }
-    }
-    let mut rest = rest.into_iter();
-    out.program = rest.next().ok_or("missing the command to run (after --)")?;
-    out.args = rest.collect();
-    Ok(out)
+/// Parses the command line; on `--help`/`--version` prints and exits 0, on a bad command
+/// line says what is wrong in one line, then the usage, and exits 2.
+pub fn parse() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| std::process::exit(report(&e)))
 }
 
-/// `90s`, `500ms`, `2m`, `1h`, `1.5s`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (try 30s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit in {text:?} (use ms, s, m or h)")),
+/// Prints a clap outcome that is not a parsed command line; returns the exit status.
+fn report(e: &clap::Error) -> i32 {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            // clap trims the newline after an `after_help` text.
+            if !e.render().to_string().ends_with('\n') {
+                println!();
+            }
+        }
+        _ => eprintln!(
+            "runstream: {}\n\n{}\n\nFor more information, try '--help'.",
+            describe(e),
+            usage(e)
+        ),
+    }
+    e.exit_code()
+}
+
+/// One line naming the bad option or value.
+fn describe(e: &clap::Error) -> String {
+    if let (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) =
+        (e.kind(), e.get(ContextKind::InvalidArg))
+    {
+        return match e.get(ContextKind::SuggestedArg) {
+            Some(ContextValue::String(hint)) => {
+                format!("unknown option {arg} (did you mean {hint}?)")
+            }
+            _ => format!("unknown option {arg}"),
+        };
+    }
+    // clap's own first paragraph names the option ("invalid value 'soon' for '--timeout
+    // <DUR>': ...", "the following required arguments were not provided:\n  <PROGRAM>"),
+    // joined into one line; its "error: " prefix goes, as every message here starts
+    // "runstream: ".
+    let text = e.to_string();
+    let first = text.split("\n\n").next().unwrap_or_default();
+    let line = first.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+/// The usage line of the subcommand the error is about (clap keeps it in some errors
+/// only), e.g. `usage: runstream run [OPTIONS] <PROGRAM>...`.
+fn usage(e: &clap::Error) -> String {
+    let usage = match e.get(ContextKind::Usage) {
+        Some(ContextValue::StyledStr(usage)) => usage.to_string(),
+        _ => {
+            let mut cli = Cli::command();
+            cli.build();
+            let named = std::env::args().nth(1);
+            match named.and_then(|name| cli.find_subcommand_mut(&name).cloned()) {
+                Some(mut sub) => sub.render_usage().to_string(),
+                None => cli.render_usage().to_string(),
+            }
+        }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration out of range: {text:?}"))
+    usage.replacen("Usage:", "usage:", 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<RunArgs, String> {
-        match parse(
-            std::iter::once("run")
-                .chain(args.iter().copied())
-                .map(OsString::from),
-        )? {
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("runstream").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    fn run(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        match parse(&[&["run"], args].concat())? {
             Command::Run(r) => Ok(r),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5y").is_err());
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -189,32 +198,59 @@ mod tests {
         ])
         .unwrap();
         assert!(r.json);
-        assert_eq!(r.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(r.timeout(), Some(Duration::from_secs(2)));
         assert_eq!(r.env, [("A".to_string(), "b=c".to_string())]);
-        assert_eq!(r.program, "python3");
-        assert_eq!(r.args, ["-u", "x.py"]);
+        let (program, args) = r.command();
+        assert_eq!(program, "python3");
+        assert_eq!(args, ["-u", "x.py"]);
         // Options after the program belong to the program.
         let r = run(&["echo", "--json"]).unwrap();
-        assert_eq!((r.json, r.args.len()), (false, 1));
+        assert_eq!((r.json, r.command().1.len()), (false, 1));
+        // The grace defaults to the engine's.
+        assert_eq!(r.grace(), EngineConfig::default().default_grace);
     }
 
     #[test]
     fn a_zero_timeout_is_no_timeout() {
         for zero in ["0", "0s", "0ms", "0.0m"] {
             assert_eq!(
-                run(&["--timeout", zero, "--", "true"]).unwrap().timeout,
+                run(&["--timeout", zero, "--", "true"]).unwrap().timeout(),
                 None
             );
         }
         let r = run(&["--timeout=1ms", "--", "true"]).unwrap();
-        assert_eq!(r.timeout, Some(Duration::from_millis(1)));
+        assert_eq!(r.timeout(), Some(Duration::from_millis(1)));
     }
 
     #[test]
-    fn bad_options_are_errors() {
-        assert!(run(&["--bogus", "--", "true"]).is_err());
-        assert!(run(&["--timeout"]).is_err());
-        assert!(run(&["--env", "novalue", "--", "true"]).is_err());
-        assert!(run(&["--json"]).is_err());
+    fn bad_options_are_errors_that_name_the_option() {
+        let message = |args: &[&str]| describe(&run(args).unwrap_err());
+        assert_eq!(
+            message(&["--bogus", "--", "true"]),
+            "unknown option --bogus"
+        );
+        assert!(message(&["--timeout"]).contains("--timeout"));
+        assert!(message(&["--timeout", "soon", "--", "true"]).contains("--timeout"));
+        assert!(message(&["--env", "novalue", "--", "true"]).contains("--env"));
+        assert!(message(&["--json"]).contains("PROGRAM"));
+        // An empty string is a program name, not a request for help.
+        assert_eq!(run(&[""]).unwrap().command().0, "");
+        assert_eq!(parse(&[]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn help_lists_the_subcommands_and_the_defaults() {
+        let help = Cli::command().render_long_help().to_string();
+        for line in ["run ", "serve ", "gpu "] {
+            assert!(help.contains(line), "{help}");
+        }
+        let mut cli = Cli::command();
+        let run_help = cli
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(run_help.contains("[default: 5s]"), "{run_help}");
+        assert!(run_help.contains("stdin is /dev/null"), "{run_help}");
     }
 }

@@ -55,18 +55,16 @@ pub fn run(args: RunArgs) -> i32 {
         max_log_bytes: None,
         ..EngineConfig::default()
     });
-    let mut spec = RunSpec::new(args.program).args(args.args);
-    if let Some(dir) = args.cwd {
+    let (program, program_args) = args.command();
+    let mut spec = RunSpec::new(program).args(program_args).grace(args.grace());
+    if let Some(dir) = &args.cwd {
         spec = spec.cwd(dir);
     }
-    for (k, v) in args.env {
+    for (k, v) in &args.env {
         spec = spec.env(k, v);
     }
-    if let Some(t) = args.timeout {
+    if let Some(t) = args.timeout() {
         spec = spec.timeout(t);
-    }
-    if let Some(g) = args.grace {
-        spec = spec.grace(g);
     }
     // As a container's PID 1 (or under one that does not reap), orphans of the command
     // come to us: reap them, as tini does. Elsewhere, as a subreaper, they come to us too.
