@@ -194,3 +194,30 @@ fn issue10_crash_recovery_kills_what_is_left_in_a_lost_runs_cgroup() {
         "recovery killed the escapee through the lost run's cgroup"
     );
 }
+
+#[test]
+fn issue10_health_says_which_containment_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, port) = serve(&data, &["--no-cgroups"]);
+    let off = get_json(port, "/api/health")["containment"].clone();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(off["kind"], "process_group", "{off}");
+    assert!(
+        off["reason"].as_str().unwrap().contains("turned off"),
+        "{off}"
+    );
+    let (mut server, port) = serve(&data, &[]);
+    let on = get_json(port, "/api/health")["containment"].clone();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    match on["kind"].as_str().unwrap() {
+        "cgroup" => assert!(
+            on["cgroup_dir"].is_string() && on["reason"].is_null(),
+            "{on}"
+        ),
+        "process_group" => assert!(on["reason"].is_string(), "{on}"),
+        other => panic!("unknown containment {other}: {on}"),
+    }
+}

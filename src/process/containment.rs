@@ -224,6 +224,7 @@ pub(crate) fn run_kind(engine: &Containment, has_cgroup: bool) -> &'static str {
 /// the processes outside both found holding its output pipes.
 pub(crate) struct RunProcesses {
     group: ProcessGroup,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // always `None` there
     cgroup: Option<RunCgroup>,
     /// The output pipes' inodes (none where they cannot be read).
     pipes: Vec<u64>,

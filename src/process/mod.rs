@@ -22,7 +22,7 @@ pub(crate) use reaper::{leader_reaped, spawn_leader};
 mod pipe_holders;
 #[cfg(unix)]
 mod spawn_gate;
-#[cfg(feature = "server")]
+#[cfg(all(unix, feature = "server"))]
 pub(crate) use pipe_holders::marked_processes;
 pub(crate) use pipe_holders::{
     describe_holders, pipe_holders, pipe_inode, PipeHolder, CAN_FIND_PIPE_HOLDERS,

@@ -10,6 +10,7 @@ use os_pipe::PipeReader;
 /// A process found holding one of a run's pipes. The start time tells it from a later
 /// process that reuses its pid.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(unix), allow(dead_code))] // never found there
 pub(crate) struct PipeHolder {
     pub pid: u32,
     pub start_time: u64,
@@ -155,7 +156,7 @@ fn processes_where(keep: impl Fn(u32) -> bool) -> Vec<PipeHolder> {
 }
 
 /// No `/proc` to scan: nothing is found.
-#[cfg(all(not(target_os = "linux"), feature = "server"))]
+#[cfg(all(unix, not(target_os = "linux"), feature = "server"))]
 pub(crate) fn marked_processes(_name: &str, _value: &str) -> Vec<PipeHolder> {
     Vec::new()
 }
