@@ -115,6 +115,31 @@ fn no_orphans_after_kill_9_right_after_posts(extra: &[&str]) {
     server.kill().unwrap();
     server.wait().unwrap();
     assert!(left.is_empty(), "children left running: {left:?}");
+    // Nor children that never ran their program: forks of a killed server, held at the
+    // spawn gate, go away by themselves (their command line is the server's).
+    let data = data.to_str().unwrap().to_string();
+    let deadline = Instant::now() + PATIENCE;
+    let mut forks = with_command_line(&data);
+    while !forks.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        forks = with_command_line(&data);
+    }
+    kill_all(&forks);
+    assert!(forks.is_empty(), "forks of the server left: {forks:?}");
+}
+
+/// Live processes whose command line contains `text`.
+fn with_command_line(text: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| crate::util::is_alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
+        })
+        .collect()
 }
 
 #[test]

@@ -3,9 +3,11 @@
 //!
 //! Between fork and exec (a pre-exec hook) the child writes its pid on a "hello" pipe and
 //! waits for one byte on a "go" pipe. A thread of ours reads the pid, hands it to the
-//! caller (who records it), then writes the byte. If runstream dies first, the go pipe's
-//! write end is closed by the kernel: the child reads end-of-file and exits with 127
-//! without running the program.
+//! caller (who records it), then writes the byte. If runstream dies first, the child
+//! exits with 127 without running the program: it sees end-of-file on the go pipe, or —
+//! since a sibling forked at the same moment may hold a copy of its write end until that
+//! sibling execs (or, stuck at its own gate, forever) — that its parent changed, which it
+//! checks every 50 ms.
 //!
 //! The thread is needed because `Command::spawn` returns only once the child has exec'd:
 //! the gate must be opened while spawn is still waiting.
@@ -52,22 +54,38 @@ impl SpawnGate {
             mut go_write,
         } = self;
         let (hello, go): (RawFd, RawFd) = (hello_write.as_raw_fd(), go_read.as_raw_fd());
-        // SAFETY: the hook calls only getpid, write, read and _exit, which are
-        // async-signal-safe, on two fds that stay open until the spawn returns (they are
-        // dropped below, after it). Both are close-on-exec: the program never sees them.
+        let (hello_back, go_back): (RawFd, RawFd) = (hello_read.as_raw_fd(), go_write.as_raw_fd());
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the hook calls only close, getpid, getppid, write, poll, read and _exit,
+        // which are async-signal-safe, on fds that stay open in the parent until the spawn
+        // returns (they are dropped below, after it). All four are close-on-exec: the
+        // program never sees them.
         unsafe {
             command.pre_exec(move || {
+                // The child's copies of our ends: with them open, end-of-file never comes.
+                libc::close(hello_back);
+                libc::close(go_back);
                 let pid = (libc::getpid() as u32).to_ne_bytes();
                 if libc::write(hello, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
                     libc::_exit(127);
                 }
-                let mut byte = 0u8;
+                let mut wait = libc::pollfd {
+                    fd: go,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 loop {
+                    if libc::getppid() != parent {
+                        libc::_exit(127); // runstream is gone, and with it any record of us
+                    }
+                    if libc::poll(&mut wait, 1, 50) < 1 {
+                        continue; // timeout, or EINTR: look at the parent again
+                    }
+                    let mut byte = 0u8;
                     match libc::read(go, (&mut byte as *mut u8).cast(), 1) {
                         1 => return Ok(()),
                         -1 if *libc::__errno_location() == libc::EINTR => continue,
-                        // End of file: runstream is gone, and with it any record of us.
-                        _ => libc::_exit(127),
+                        _ => libc::_exit(127), // end of file: runstream is gone
                     }
                 }
             });
