@@ -40,9 +40,12 @@ pub struct EngineConfig {
     pub max_line_bytes: usize,
     /// Time between SIGTERM and SIGKILL when a run does not say otherwise. Defaults to 5 s.
     pub default_grace: Duration,
-    /// After the child exits, how long its output pipes may stay open with nothing coming
-    /// before the run finishes without them (a process that left the group, e.g. with
-    /// `setsid`, may hold them). Output that still flows is drained. Defaults to 500 ms.
+    /// After the child exits, how long its output pipes may stay open before the run
+    /// finishes without them (a process that left the group, e.g. with `setsid`, may hold
+    /// them). A deadline counted from the exit: output that keeps coming does not move it
+    /// (on Linux, where the pipes' holders can be found; elsewhere it counts from the last
+    /// byte). Output left in pipes that nobody else holds is drained whatever the time.
+    /// Defaults to 500 ms.
     pub leak_timeout: Duration,
     /// A partial line (no newline yet) is handed out as an `end: none` entry once its
     /// stream has been quiet this long, or at the latest ten times this long after it

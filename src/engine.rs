@@ -387,11 +387,14 @@ impl RunHandle {
     /// Stops the run gracefully; callable from any thread, any number of times.
     ///
     /// A queued run is cancelled without ever being spawned. A live run's **whole process
-    /// group** gets SIGTERM (the child and every descendant that did not leave the group
-    /// with `setsid`/`setpgid`); when the grace period (the spec's, default 5 s) ends,
-    /// whatever is left of the group gets SIGKILL. A descendant that left the group is not
-    /// signalled; if it holds the output pipes, the run still finishes (see
-    /// `EngineConfig::leak_timeout`). The final state is `cancelled`.
+    /// group** gets SIGTERM, then SIGCONT (so that a stopped process runs its handler): the
+    /// child and every descendant that did not leave the group with `setsid`/`setpgid`.
+    /// With cgroup containment (Linux, see [`Engine::containment`]) every process of the
+    /// run's cgroup gets them too, and none can have left it. On Linux, processes outside
+    /// both that hold the run's output pipes get them as well, also after the child has
+    /// exited. When the grace period (the spec's, default 5 s) ends, whatever is left gets
+    /// SIGKILL (`cgroup.kill` for the cgroup). A descendant that left the group and holds
+    /// no pipe is not signalled without a cgroup. The final state is `cancelled`.
     ///
     /// On Windows the child and all its descendants are in a job object none of them can
     /// leave: the graceful step is `CTRL_BREAK_EVENT` to the child's console process group
