@@ -212,6 +212,37 @@ fn issue10_cancel_while_the_leader_lives_stops_the_escapee_too() {
 }
 
 #[test]
+fn issue10_an_escapee_that_ignores_sigterm_gets_sigkill_when_the_grace_period_ends() {
+    let engine = groups_only(EngineConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escapee.pid");
+    let script = escapee_script(&pidfile, "sleep 100").replacen(
+        "setsid sh -c '",
+        "setsid sh -c 'trap \"\" TERM; ",
+        1,
+    );
+    let run = engine
+        .submit(sh(&script).grace(Duration::from_millis(300)))
+        .unwrap();
+    wait_for_entry(&run, |e| e.message == "escapee-3");
+    let escapee = read_pid(&pidfile);
+    let _guard = KillOnDrop::new(escapee);
+    assert!(run.cancel());
+    let status = run.wait_timeout(PATIENCE).expect("cancelled");
+    assert_eq!(status.status, RunState::Cancelled);
+    assert!(wait_gone(escapee), "SIGKILL reached the escapee");
+    let (entries, _) = collect(&run);
+    let system = texts(&entries, Stream::System);
+    assert!(
+        system
+            .iter()
+            .any(|m| m.starts_with("grace period ended: sent SIGKILL")
+                && m.contains(&format!("pid {escapee} ("))),
+        "{system:?}"
+    );
+}
+
+#[test]
 fn issue10_a_stopped_process_gets_sigcont_after_sigterm_and_handles_it() {
     let engine = groups_only(EngineConfig::default());
     let run = engine

@@ -139,3 +139,32 @@ fn issue14_as_pid_1_sigterm_stops_the_group_gracefully_and_the_json_is_complete(
     assert!(messages.contains(&"got-term"), "{messages:?}");
     assert_eq!(messages.last(), Some(&"exited with code 0"), "{messages:?}");
 }
+
+#[test]
+fn issue14_as_a_subreaper_orphans_come_to_runstream_and_are_reaped() {
+    // An orphaned grandchild: its new parent is runstream ($PPID of the shell), not init;
+    // once it exits, it does not stay a zombie.
+    let script = r#"
+        (sleep 0.3 & echo $! > "$ORPHAN_FILE")
+        orphan=$(cat "$ORPHAN_FILE")
+        echo "parent=$(awk '{print $4}' /proc/$orphan/stat) runstream=$PPID"
+        n=0
+        while [ -e /proc/$orphan ] && [ $n -lt 500 ]; do sleep 0.02; n=$((n+1)); done
+        [ -e /proc/$orphan ] && echo "left=$(awk '{print $3}' /proc/$orphan/stat)" || echo reaped"#;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runstream"))
+        .args(["run", "--", "sh", "-c", script])
+        .env("ORPHAN_FILE", dir.path().join("orphan.pid"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let (parent, runstream) = lines[0].split_once(' ').unwrap();
+    assert_eq!(
+        parent.strip_prefix("parent="),
+        runstream.strip_prefix("runstream="),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "reaped", "{stdout}");
+}
