@@ -15,6 +15,8 @@ mod engine;
 #[cfg(unix)]
 mod gpu;
 #[cfg(unix)]
+mod gpu_nvml;
+#[cfg(unix)]
 mod http_limits;
 #[cfg(target_os = "linux")]
 mod pid1;
