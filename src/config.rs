@@ -63,6 +63,8 @@ pub struct EngineConfig {
     /// are held by their process group alone. [`Engine::containment`](crate::Engine::containment)
     /// says which is in use. Defaults to `true`.
     pub cgroups: bool,
+    /// Whether metrics are read from the output (see [`crate::metrics`]). Defaults to true.
+    pub extract_metrics: bool,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +82,7 @@ impl Default for EngineConfig {
             gpu_source: None,
             gpu_sample_interval: Duration::from_secs(1),
             cgroups: true,
+            extract_metrics: true,
         }
     }
 }
@@ -103,5 +106,6 @@ mod tests {
         assert!(c.gpu_source.is_none());
         assert_eq!(c.gpu_sample_interval, Duration::from_secs(1));
         assert!(c.cgroups);
+        assert!(c.extract_metrics);
     }
 }

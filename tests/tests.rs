@@ -18,9 +18,15 @@ mod gpu;
 mod gpu_nvml;
 #[cfg(unix)]
 mod http_limits;
+#[cfg(unix)]
+mod metrics;
 #[cfg(target_os = "linux")]
 mod pid1;
 mod portable;
+#[cfg(unix)]
+mod proxy;
+#[cfg(unix)]
+mod reliability;
 #[cfg(unix)]
 mod server;
 #[cfg(unix)]

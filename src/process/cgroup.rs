@@ -270,7 +270,7 @@ pub(crate) fn stop_lost(dir: &Path, grace: std::time::Duration) -> io::Result<us
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    wait_empty(Instant::now() + grace);
+    wait_empty(crate::deadline::after(grace));
     if populated(dir) {
         fs::write(dir.join("cgroup.kill"), "1")?;
         wait_empty(Instant::now() + Duration::from_secs(5));

@@ -142,7 +142,7 @@ pub(crate) fn spawn_contained(
     spec: &crate::RunSpec,
     cgroup: Option<&RunCgroup>,
     on_pid: &(dyn Fn(u32) + Sync),
-) -> Result<super::Spawned, String> {
+) -> Result<super::Spawned, crate::spawn_error::SpawnError> {
     // Recorded as a run's leader as it is spawned, so that the orphan reaper never takes
     // its exit status.
     #[cfg(target_os = "linux")]
@@ -156,7 +156,7 @@ fn spawn_in(
     spec: &crate::RunSpec,
     cgroup: Option<&RunCgroup>,
     on_pid: &(dyn Fn(u32) + Sync),
-) -> Result<super::Spawned, String> {
+) -> Result<super::Spawned, crate::spawn_error::SpawnError> {
     #[cfg(target_os = "linux")]
     if let Some(cgroup) = cgroup {
         let spawned = super::spawn_with(spec, |command| cgroup.place(command), Some(on_pid))?;
@@ -181,7 +181,7 @@ fn spawn_in(
     spec: &crate::RunSpec,
     cgroup: Option<&RunCgroup>,
     on_pid: &(dyn Fn(u32) + Sync),
-) -> Result<super::Spawned, String> {
+) -> Result<super::Spawned, crate::spawn_error::SpawnError> {
     if let Some(never) = cgroup {
         match *never {}
     }

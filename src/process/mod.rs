@@ -3,6 +3,7 @@
 //! and `windows.rs` (a job object per run, `CTRL_BREAK_EVENT`, `TerminateJobObject`).
 
 mod command;
+mod open_files;
 pub(crate) use command::*;
 #[cfg(target_os = "linux")]
 mod cgroup;
@@ -22,6 +23,9 @@ pub(crate) use reaper::{leader_reaped, spawn_leader};
 mod pipe_holders;
 #[cfg(unix)]
 mod spawn_gate;
+pub use open_files::raise_open_file_limit;
+#[cfg(unix)]
+pub(crate) use open_files::restore_open_file_limit;
 #[cfg(all(unix, feature = "server"))]
 pub(crate) use pipe_holders::marked_processes;
 pub(crate) use pipe_holders::{

@@ -30,10 +30,10 @@ fn leaders() -> MutexGuard<'static, HashSet<u32>> {
 
 /// Spawns a run's leader with `spawn` and records its pid, both while no reaping pass
 /// runs.
-pub(crate) fn spawn_leader<T>(
-    spawn: impl FnOnce() -> Result<T, String>,
+pub(crate) fn spawn_leader<T, E>(
+    spawn: impl FnOnce() -> Result<T, E>,
     pid: impl Fn(&T) -> u32,
-) -> Result<T, String> {
+) -> Result<T, E> {
     let mut leaders = leaders();
     let spawned = spawn()?;
     leaders.insert(pid(&spawned));

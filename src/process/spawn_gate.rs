@@ -40,13 +40,14 @@ impl SpawnGate {
     }
 
     /// Runs `spawn` (which spawns `command`) with the gate in the child's way, calling
-    /// `on_pid` with the child's pid before the child may go on to exec.
+    /// `on_pid` with the child's pid before the child may go on to exec. The outer `Err`:
+    /// the gate's thread could not be created (nothing was spawned).
     pub fn spawn<T>(
         self,
         command: &mut Command,
         on_pid: &(dyn Fn(u32) + Sync),
         spawn: impl FnOnce(&mut Command) -> T,
-    ) -> T {
+    ) -> io::Result<T> {
         let SpawnGate {
             mut hello_read,
             hello_write,
@@ -91,20 +92,22 @@ impl SpawnGate {
             });
         }
         std::thread::scope(|scope| {
-            scope.spawn(move || {
-                let mut pid = [0u8; 4];
-                // End of file (no child was made, or it died first): nothing to open.
-                if hello_read.read_exact(&mut pid).is_ok() {
-                    on_pid(u32::from_ne_bytes(pid));
-                    let _ = go_write.write_all(b"g");
-                }
-            });
+            std::thread::Builder::new()
+                .name("runstream-gate".into())
+                .spawn_scoped(scope, move || {
+                    let mut pid = [0u8; 4];
+                    // End of file (no child was made, or it died first): nothing to open.
+                    if hello_read.read_exact(&mut pid).is_ok() {
+                        on_pid(u32::from_ne_bytes(pid));
+                        let _ = go_write.write_all(b"g");
+                    }
+                })?;
             let spawned = spawn(command);
             // Our copy of the hello pipe's write end: the thread above sees end of file
             // when no child holds it either (the spawn failed before the hook ran).
             drop(hello_write);
             drop(go_read);
-            spawned
+            Ok(spawned)
         })
     }
 }

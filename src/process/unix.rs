@@ -10,13 +10,14 @@ use std::process::ExitStatus;
 use os_pipe::{PipeReader, PipeWriter};
 use shared_child::SharedChild;
 
-use super::{prepare, spawn_error, PreparedCommand, Signal, Spawned};
+use super::{prepare, PreparedCommand, Signal, Spawned};
+use crate::spawn_error::SpawnError;
 use crate::spec::RunSpec;
 
 /// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
 /// pipes. Errors are worded for a person ("working directory … does not exist").
 #[allow(dead_code)] // the name both platforms have; runs spawn through `spawn_with` here
-pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
+pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, SpawnError> {
     spawn_with(spec, |_| {}, None)
 }
 
@@ -27,21 +28,23 @@ pub(crate) fn spawn_with(
     spec: &RunSpec,
     setup: impl FnOnce(&mut std::process::Command),
     on_pid: Option<&(dyn Fn(u32) + Sync)>,
-) -> Result<Spawned, String> {
+) -> Result<Spawned, SpawnError> {
     let PreparedCommand {
         mut command,
         stdout,
         stderr,
     } = prepare(spec)?;
     command.process_group(0);
+    super::restore_open_file_limit(&mut command);
     setup(&mut command);
     let child = match on_pid {
         None => SharedChild::spawn(&mut command),
         Some(on_pid) => super::SpawnGate::new()
-            .map_err(|e| format!("could not create a pipe: {e}"))?
-            .spawn(&mut command, on_pid, SharedChild::spawn),
+            .map_err(|e| SpawnError::resources("could not create a pipe", &e))?
+            .spawn(&mut command, on_pid, SharedChild::spawn)
+            .map_err(|e| SpawnError::resources("cannot create a thread", &e))?,
     }
-    .map_err(|e| spawn_error(&spec.program, e))?;
+    .map_err(|e| SpawnError::from_spawn(spec, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
     drop(command);

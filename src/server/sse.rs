@@ -47,6 +47,10 @@ pub fn stream(
                 // The hot path of fan-out: plain appends of the shared encoding.
                 buf.reserve(entries.iter().map(|e| e.json().len() + 40).sum());
                 for e in &entries {
+                    if !e.metrics().is_empty() {
+                        metric_events(&mut buf, e);
+                        continue;
+                    }
                     buf.push_str("id: ");
                     buf.push_str(crate::entry::u64_text(e.seq, &mut digits));
                     buf.push_str("\nevent: log\ndata: ");
@@ -86,5 +90,20 @@ pub fn stream(
             Next::Timeout => buf.push_str(": keep-alive\n\n"),
         }
         out.chunk(buf.as_bytes())?;
+    }
+}
+
+/// A line that carries metrics: its `log` event, then one `metric` event per value. The
+/// `id:` (the line's seq) comes on the last of them, so that a client's `Last-Event-ID`
+/// moves past the line only once it has all of it: a client cut off in between resumes
+/// with the whole line again, never with half of it.
+fn metric_events(buf: &mut String, e: &crate::Entry) {
+    let _ = write!(buf, "event: log\ndata: {}\n\n", e.json());
+    let last = e.metrics().len() - 1;
+    for (i, m) in e.metrics().iter().enumerate() {
+        if i == last {
+            let _ = writeln!(buf, "id: {}", e.seq);
+        }
+        let _ = write!(buf, "event: metric\ndata: {}\n\n", m.event_json(e.seq));
     }
 }

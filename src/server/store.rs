@@ -120,7 +120,7 @@ fn terminate_leftovers(status: &RunStatus, grace: Duration) {
             group.as_ref().is_some_and(|g| !g.live_members().is_empty())
                 || marked.iter().any(PipeHolder::is_alive)
         };
-        let deadline = std::time::Instant::now() + grace;
+        let deadline = crate::deadline::after(grace);
         while std::time::Instant::now() < deadline {
             if !alive() {
                 return;

@@ -3,10 +3,13 @@
 
 mod args;
 mod gpu_command;
+mod metrics_table;
+mod reload_requests;
 mod run_command;
 mod serve_args;
 mod serve_command;
 mod stop_requests;
+mod token;
 mod values;
 
 use args::Command;

@@ -2,14 +2,16 @@
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runstream::{Engine, EngineConfig, From, Level, Next, RunSpec, RunState, RunStatus, Stream};
+use runstream::{
+    Engine, EngineConfig, From, Level, Next, RunSpec, RunState, RunStatus, SpawnErrorKind, Stream,
+};
 
 use crate::args::RunArgs;
-use crate::stop_requests;
+use crate::stop_requests::{self, StopRequest};
 
 /// Runs the command; returns the process exit status to use.
 pub fn run(args: RunArgs) -> i32 {
@@ -72,6 +74,9 @@ pub fn run(args: RunArgs) -> i32 {
     if let Err(e) = runstream::reap_orphans() {
         eprintln!("runstream: cannot reap orphans (PR_SET_CHILD_SUBREAPER): {e}");
     }
+    // Listening before the command starts: a signal that comes as soon as it runs must
+    // stop it, not end runstream and leave it behind.
+    let requests = stop_requests::listen_with_hangup();
     let run = match engine.submit(spec) {
         Ok(run) => run,
         Err(e) => {
@@ -80,23 +85,35 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
-    // First SIGINT/SIGTERM (Windows: Ctrl-C/Ctrl-Break): graceful cancel. Second: kill.
-    let user_stopped = Arc::new(AtomicBool::new(false));
-    match stop_requests::listen() {
+    // First SIGINT/SIGTERM/SIGHUP (Windows: Ctrl-C/Ctrl-Break): graceful cancel. Second:
+    // kill. The first one's exit status is kept (0: none came).
+    let stopped_with = Arc::new(AtomicI32::new(0));
+    match requests {
         Ok(requests) => {
             let run = run.clone();
-            let user_stopped = Arc::clone(&user_stopped);
+            let stopped_with = Arc::clone(&stopped_with);
             std::thread::spawn(move || {
-                for () in requests {
-                    if user_stopped.swap(true, Ordering::SeqCst) {
-                        eprintln!("runstream: killing the process group");
-                        run.kill();
-                    } else {
-                        eprintln!(
+                for request in requests {
+                    let first = stopped_with
+                        .compare_exchange(
+                            0,
+                            request.exit_status(),
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        )
+                        .is_ok();
+                    // Stop first, say it after: after a hangup the terminal may be gone,
+                    // and stderr with it (a write gets EIO; `eprintln!` would panic).
+                    if first {
+                        run.cancel();
+                        let _ = writeln!(
+                            io::stderr(),
                             "runstream: stopping ({}; press Ctrl-C again to kill)",
                             stop_requests::GRACEFUL
                         );
-                        run.cancel();
+                    } else {
+                        run.kill();
+                        let _ = writeln!(io::stderr(), "runstream: killing the process group");
                     }
                 }
             });
@@ -105,12 +122,19 @@ pub fn run(args: RunArgs) -> i32 {
     }
 
     let printed = print_output(&run, args.json);
+    if args.metrics {
+        eprint!("{}", crate::metrics_table::render(&run.metrics()));
+    }
+    let stopped_with = stopped_with.load(Ordering::SeqCst);
     let code = match &printed.stdout_error {
+        // A hangup usually takes the terminal, and our stdout, with it: the hangup is
+        // what ended the run.
+        _ if stopped_with == StopRequest::Hangup.exit_status() => stopped_with,
         // Like a command killed by SIGPIPE: whoever read our output stopped reading.
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => 141,
         // Like coreutils' "write error" (the printer said why).
         Some(_) => 1,
-        None => exit_code(&printed.status, user_stopped.load(Ordering::SeqCst)),
+        None => exit_code(&printed.status, stopped_with),
     };
     drop(engine);
     drop(scratch);
@@ -293,27 +317,18 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
     }
 }
 
-/// The child's code; 128+N for signal N; 124 on timeout; 130 when the user stopped it;
-/// 127/126 when it could not be started.
-fn exit_code(status: &RunStatus, user_stopped: bool) -> i32 {
+/// The child's code; 128+N for signal N; 124 on timeout; `stopped_with` (130, or 129 for
+/// a hangup) when the user stopped it; 127/126 when it could not be started.
+fn exit_code(status: &RunStatus, stopped_with: i32) -> i32 {
     match status.status {
         RunState::TimedOut => 124,
-        RunState::Cancelled if user_stopped => 130,
+        RunState::Cancelled if stopped_with != 0 => stopped_with,
         _ => match (status.exit_code, status.signal) {
             (Some(code), _) => code,
             (None, Some(signal)) => 128 + signal,
-            (None, None) => {
-                // The engine's own entry already said why ("failed to start: …").
-                let not_found = status
-                    .error_message
-                    .as_deref()
-                    .is_some_and(|m| m.starts_with("program not found"));
-                if not_found {
-                    127
-                } else {
-                    126
-                }
-            }
+            // The engine's own entry already said why ("failed to start: …"); the kind
+            // decides between 127 (not found) and 126 (found, could not start).
+            (None, None) => status.spawn_error.map_or(126, SpawnErrorKind::exit_status),
         },
     }
 }

@@ -19,15 +19,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_bind,
           default_value_t = ServerConfig::default().bind)]
     bind: SocketAddr,
-    /// Module catalogue (JSON)
+    /// Module catalogue (JSON); SIGHUP or POST /api/modules/reload reads it again
+    /// without stopping any run
     #[arg(long, value_name = "FILE")]
     modules: Option<PathBuf>,
     /// Runs and their logs (DIR/runs/{run_id}.json, .jsonl)
     #[arg(long, value_name = "DIR", default_value_os_t = ServerConfig::default().data_dir)]
     data_dir: PathBuf,
-    /// Require `Authorization: Bearer TOKEN`; needed to bind anything but loopback
+    /// Require `Authorization: Bearer TOKEN`; needed to bind anything but loopback.
+    /// Every local user can read it in the process list: prefer --token-file, or
+    /// RUNSTREAM_TOKEN (taken out of the environment at start, so runs do not inherit it)
     #[arg(long, env = "RUNSTREAM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from FILE's first line (kept out of the process list); it replaces
+    /// --token and RUNSTREAM_TOKEN
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Allow POST /api/runs with a raw argv
     #[arg(long)]
     allow_commands: bool,
@@ -71,6 +78,11 @@ pub struct ServeConfig {
 }
 
 impl ServeArgs {
+    /// The file `--token-file` names, read by `serve` before it starts.
+    pub fn token_file(&self) -> Option<&std::path::Path> {
+        self.token_file.as_deref()
+    }
+
     /// The library's settings: its defaults, with what the command line says on top.
     pub fn into_config(self) -> ServeConfig {
         let data_dir = self.data_dir;
@@ -83,6 +95,7 @@ impl ServeArgs {
             max_sse_clients: self.max_sse_clients,
             max_connections: self.max_connections.max(1),
             data_dir: data_dir.clone(),
+            modules_file: self.modules.clone(),
             ..ServerConfig::default()
         };
         let engine = EngineConfig {
@@ -162,6 +175,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.bind, "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.modules, Some(PathBuf::from("m.json")));
+        assert_eq!(
+            c.server.modules_file, c.modules,
+            "reloads read the same file"
+        );
         assert_eq!(c.engine.log_dir, Some(PathBuf::from("/d/runs")));
         assert_eq!(c.server.token.as_deref(), Some("t"));
         assert!(c.server.allow_commands);
