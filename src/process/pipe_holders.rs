@@ -108,7 +108,18 @@ pub(crate) fn pipe_holders(inodes: &[u64]) -> Vec<PipeHolder> {
         return Vec::new();
     }
     let wanted: Vec<String> = inodes.iter().map(|i| format!("pipe:[{i}]")).collect();
+    let me = std::process::id();
+    let own_exe = std::fs::read_link("/proc/self/exe").ok();
     processes_where(|pid| {
+        // A child of ours that has not exec'd yet (another run's, forked a moment ago, or
+        // held at the spawn gate) has a copy of every fd we have, this run's pipes
+        // included, until its exec closes them: it is not a holder.
+        let unexeced_fork = super::proc_stat(pid).is_some_and(|s| s.ppid == me)
+            && own_exe.is_some()
+            && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == own_exe;
+        if unexeced_fork {
+            return false;
+        }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             return false; // gone, or not ours to read
         };

@@ -144,6 +144,8 @@ fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
 pub(crate) struct ProcStat {
     pub pid: u32,
     pub state: u8,
+    /// The parent's pid.
+    pub ppid: u32,
     pub pgid: u32,
     /// Clock ticks after boot when the process started (field 22): with the pid, it names
     /// a process uniquely even after pids wrap around.
@@ -170,6 +172,7 @@ fn parse_stat(pid: u32, text: &str) -> Option<ProcStat> {
     Some(ProcStat {
         pid,
         state: *fields.first()?.as_bytes().first()?,
+        ppid: fields.get(1)?.parse().ok()?,
         pgid: fields.get(2)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
@@ -291,6 +294,7 @@ mod tests {
         let text = "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
         let s = parse_stat(4242, text).unwrap();
         assert_eq!((s.state, s.pgid, s.start_time), (b'S', 4240, 987654));
+        assert_eq!(s.ppid, 1);
     }
 
     #[test]
