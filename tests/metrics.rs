@@ -215,8 +215,8 @@ fn metric_events_follow_their_line_and_resume_like_log_events() {
     let s = start(dir.path(), 4, steps_catalogue());
     let id = run_and_wait(&s, "steps", json!({}));
     let events = stream(&s, &id, &[]);
-    // Line 0: `step=1 loss=99.5 acc=1%` → its log event, then three metric events; the
-    // id (its seq) comes with the last one.
+    // Line 0: `step=1 loss=99.5 acc=1%` → its log event, then three metric events, all
+    // with the line's seq as their id.
     let shape: Vec<(&str, Option<u64>)> = events[..6]
         .iter()
         .map(|e| (e.event.as_str(), e.id))
@@ -224,12 +224,12 @@ fn metric_events_follow_their_line_and_resume_like_log_events() {
     assert_eq!(
         shape,
         [
-            ("log", None),
-            ("metric", None),
-            ("metric", None),
+            ("log", Some(0)),
+            ("metric", Some(0)),
+            ("metric", Some(0)),
             ("metric", Some(0)),
             ("log", Some(1)),
-            ("log", None)
+            ("log", Some(2))
         ]
     );
     assert_eq!(

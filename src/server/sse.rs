@@ -47,15 +47,22 @@ pub fn stream(
                 // The hot path of fan-out: plain appends of the shared encoding.
                 buf.reserve(entries.iter().map(|e| e.json().len() + 40).sum());
                 for e in &entries {
-                    if !e.metrics().is_empty() {
-                        metric_events(&mut buf, e);
-                        continue;
-                    }
+                    let id = crate::entry::u64_text(e.seq, &mut digits);
                     buf.push_str("id: ");
-                    buf.push_str(crate::entry::u64_text(e.seq, &mut digits));
+                    buf.push_str(id);
                     buf.push_str("\nevent: log\ndata: ");
                     buf.push_str(e.json());
                     buf.push_str("\n\n");
+                    // Its metric events follow it, before the next line, with the same
+                    // id: every log event keeps its own `id:` (what clients resume and
+                    // deduplicate by), and a metric event says whose line it is.
+                    for m in e.metrics() {
+                        let _ = write!(
+                            buf,
+                            "id: {id}\nevent: metric\ndata: {}\n\n",
+                            m.event_json(e.seq)
+                        );
+                    }
                 }
             }
             Next::Gap { from_seq, to_seq } => {
@@ -90,20 +97,5 @@ pub fn stream(
             Next::Timeout => buf.push_str(": keep-alive\n\n"),
         }
         out.chunk(buf.as_bytes())?;
-    }
-}
-
-/// A line that carries metrics: its `log` event, then one `metric` event per value. The
-/// `id:` (the line's seq) comes on the last of them, so that a client's `Last-Event-ID`
-/// moves past the line only once it has all of it: a client cut off in between resumes
-/// with the whole line again, never with half of it.
-fn metric_events(buf: &mut String, e: &crate::Entry) {
-    let _ = write!(buf, "event: log\ndata: {}\n\n", e.json());
-    let last = e.metrics().len() - 1;
-    for (i, m) in e.metrics().iter().enumerate() {
-        if i == last {
-            let _ = writeln!(buf, "id: {}", e.seq);
-        }
-        let _ = write!(buf, "event: metric\ndata: {}\n\n", m.event_json(e.seq));
     }
 }
