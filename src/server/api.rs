@@ -1,4 +1,4 @@
-//! The HTTP API: routing and one handler per endpoint (DESIGN.md's table).
+//! The HTTP API: routing and one handler per endpoint (the README lists them).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
