@@ -46,6 +46,10 @@ pub fn run_json(status: &RunStatus) -> Value {
         "waiting_for": status.waiting_for,
         "log_complete": status.log_complete,
         "log_missing_from": status.log_missing_from,
+        "containment": status.containment,
+        "cgroup": status.cgroup,
+        "cpu_seconds": status.cpu_seconds,
+        "memory_peak_bytes": status.memory_peak_bytes,
         "labels": labels,
     })
 }
