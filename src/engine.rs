@@ -161,6 +161,7 @@ impl Engine {
             gpu_utilization_percent: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
+            metric_patterns: spec.metric_patterns.clone(),
         };
         let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
         let capture = Arc::new(OutputCapture::new(
@@ -364,6 +365,12 @@ impl RunHandle {
     /// The run's output buffer (for reading entries without subscribing).
     pub fn capture(&self) -> &Arc<OutputCapture> {
         &self.inner.capture
+    }
+
+    /// The run's metric series so far (live while it runs; read from its log for a run
+    /// loaded after a restart). See [`crate::metrics`].
+    pub fn metrics(&self) -> Vec<crate::metrics::MetricSeries> {
+        self.inner.capture.metrics()
     }
 
     /// Follows the run's output and status from `from` on.

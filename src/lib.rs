@@ -48,6 +48,7 @@ mod entry;
 pub mod gpu;
 mod lines;
 mod logfile;
+pub mod metrics;
 mod process;
 mod run;
 #[cfg(feature = "server")]

@@ -15,6 +15,7 @@ use crate::capture::OutputCapture;
 use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::logfile::LogWriter;
+use crate::metrics::{Joiner, MetricRules};
 use crate::process::{self, Signal};
 use crate::spawn_error::SpawnError;
 use crate::{
@@ -236,6 +237,10 @@ struct Output {
     /// Per stream (stdout, stderr): the level of the line whose text went out as `none`
     /// pieces so far, if one is open.
     open_line_level: [Option<Level>; 2],
+    /// How metrics are found in the run's lines (`None`: they are not looked for), and
+    /// the lines in pieces being joined.
+    metric_rules: Option<MetricRules>,
+    metric_lines: Joiner,
 }
 
 impl Output {
@@ -251,6 +256,12 @@ impl Output {
             stderr_tail: VecDeque::new(),
             progress: None,
             open_line_level: [None, None],
+            // The spec was validated at submit: its patterns compile.
+            metric_rules: ctx
+                .config
+                .extract_metrics
+                .then(|| MetricRules::new(&ctx.spec.metric_patterns).unwrap_or_default()),
+            metric_lines: Joiner::default(),
         }
     }
 
@@ -274,11 +285,24 @@ impl Output {
         if let Some(p) = progress_percent(&line.message, line.end) {
             self.progress = Some(p);
         }
-        self.push(stream, level, line.message, line.end, timestamp);
+        let mut entry = Entry::new(
+            self.next_seq,
+            timestamp,
+            stream,
+            level,
+            line.message,
+            line.end,
+        );
+        if let Some(rules) = &self.metric_rules {
+            let metrics =
+                self.metric_lines
+                    .metrics(rules, stream, &entry.message, entry.end, entry.seq);
+            entry.set_metrics(metrics);
+        }
+        self.push(entry);
     }
 
-    fn push(&mut self, stream: Stream, level: Level, message: String, end: LineEnd, ts: Timestamp) {
-        let entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+    fn push(&mut self, entry: Entry) {
         self.batch_bytes += entry.size_in_memory();
         self.batch.push(entry);
         self.next_seq += 1;
@@ -292,13 +316,16 @@ impl Output {
     /// Adds one of the engine's own entries and sends it on at once.
     fn system(&mut self, level: Level, message: String) {
         log::debug!("{}: {message}", self.run_id);
-        self.push(
+        let now = Timestamp::now();
+        let entry = Entry::new(
+            self.next_seq,
+            now,
             Stream::System,
             level,
             message,
             LineEnd::Lf,
-            Timestamp::now(),
         );
+        self.push(entry);
         self.commit();
     }
 

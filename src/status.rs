@@ -129,6 +129,10 @@ pub struct RunStatus {
     /// may hold fewer, when it reached `EngineConfig::max_log_bytes`.
     #[serde(default)]
     pub total_entries: Option<u64>,
+    /// The run's own metric patterns (from `RunSpec::metric_pattern`), kept so that its
+    /// metrics can be read again from its log after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_patterns: Vec<String>,
 }
 
 impl RunStatus {

@@ -14,6 +14,8 @@ mod gpu;
 mod gpu_nvml;
 #[cfg(unix)]
 mod http_limits;
+#[cfg(unix)]
+mod metrics;
 mod portable;
 #[cfg(unix)]
 mod proxy;

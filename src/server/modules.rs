@@ -50,6 +50,11 @@ pub struct Module {
     /// Parameters by name.
     #[serde(default)]
     pub parameters: BTreeMap<String, Parameter>,
+    /// Patterns for metrics in the output beyond the built-in formats: regular
+    /// expressions whose named groups are metrics (`"epoch (?P<epoch>\\d+)/\\d+ loss
+    /// (?P<loss>[-+.\\deE]+)"`). See `RunSpec::metric_pattern`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_patterns: Vec<String>,
 }
 
 /// A parameter's type and constraints.
@@ -147,6 +152,8 @@ impl Catalogue {
                     ));
                 }
             }
+            crate::metrics::MetricRules::new(&module.metric_patterns)
+                .map_err(|e| format!("{}: {e}", at("metric_patterns")))?;
             for (name, p) in &module.parameters {
                 let at = |field: &str| format!("modules.{id}.parameters.{name}.{field}");
                 if let (Some(min), Some(max)) = (p.min, p.max) {
@@ -246,6 +253,9 @@ impl Catalogue {
             spec = spec.grace(duration("grace_seconds", g)?);
         }
         spec = spec.gpu_memory_mb(module.gpu_memory_mb);
+        for pattern in &module.metric_patterns {
+            spec = spec.metric_pattern(pattern);
+        }
         Ok((spec, values))
     }
 }

@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// Print every entry as one JSON line on stdout
     #[arg(long)]
     pub json: bool,
+    /// When the command ends, print each metric found in its output (loss=0.1,
+    /// loss: 0.1, {'loss': 0.1}) with its last, min and max, on stderr
+    #[arg(long)]
+    pub metrics: bool,
     /// Stop the command after DUR (e.g. 90s, 500ms, 2m, 1h; 0 = none); exit 124
     #[arg(long, value_name = "DUR")]
     timeout: Option<HumanDuration>,

@@ -3,6 +3,7 @@
 
 mod args;
 mod gpu_command;
+mod metrics_table;
 mod reload_requests;
 mod run_command;
 mod serve_args;

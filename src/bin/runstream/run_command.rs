@@ -116,6 +116,9 @@ pub fn run(args: RunArgs) -> i32 {
     }
 
     let printed = print_output(&run, args.json);
+    if args.metrics {
+        eprint!("{}", crate::metrics_table::render(&run.metrics()));
+    }
     let stopped_with = stopped_with.load(Ordering::SeqCst);
     let code = match &printed.stdout_error {
         // A hangup usually takes the terminal, and our stdout, with it: the hangup is
