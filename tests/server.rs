@@ -1177,3 +1177,64 @@ fn modules_reload_needs_the_token_and_swaps_the_catalogue() {
         "INVALID_STATE",
     );
 }
+
+/// `POST /api/runs` refuses an env name with `=` or NUL, or a NUL anywhere, but the
+/// catalogue took them: `{"A=B": "c"}` gave the child `A=B=c` (that is, `A` = `B=c`), and
+/// a NUL failed every run of the module at spawn. A reload refuses them, naming the field.
+#[test]
+fn a_catalogue_with_env_names_or_nuls_the_api_refuses_is_refused_at_reload() {
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("modules.json");
+    let write = |module: Value| {
+        std::fs::write(&file, json!({"modules": {"m": module}}).to_string()).unwrap()
+    };
+    write(json!({"name": "M", "program": "echo"}));
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            modules_file: Some(file.clone()),
+            ..ServerConfig::default()
+        },
+    );
+    assert_eq!(s.call("POST", "/api/modules/reload", None).0, 200);
+    let cases = [
+        (
+            json!({"name": "M", "program": "env", "env": {"A=B": "c"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "env", "env": {"": "c"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "env", "env": {"K\u{0}": "v"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "env", "env": {"K": "v\u{0}w"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "ec\u{0}ho"}),
+            "modules.m.program",
+        ),
+        (
+            json!({"name": "M", "program": "echo", "args": ["a\u{0}"]}),
+            "modules.m.args[0]",
+        ),
+        (
+            json!({"name": "M", "program": "echo", "cwd": "a\u{0}"}),
+            "modules.m.cwd",
+        ),
+    ];
+    for (module, field) in cases {
+        write(module.clone());
+        let (code, body) = s.call("POST", "/api/modules/reload", None);
+        assert_eq!(code, 422, "{module}: {body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(field), "{module}: {detail}");
+    }
+    // The old catalogue stays: the module still runs plain echo.
+    let (code, run) = s.call("POST", "/api/modules/m/run", Some("{}"));
+    assert_eq!(code, 202, "{run}");
+}
