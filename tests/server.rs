@@ -1238,3 +1238,21 @@ fn a_catalogue_with_env_names_or_nuls_the_api_refuses_is_refused_at_reload() {
     let (code, run) = s.call("POST", "/api/modules/m/run", Some("{}"));
     assert_eq!(code, 202, "{run}");
 }
+
+/// A name under `/page/` that is not one of the page's files answered 405 "GET is not
+/// allowed here; use GET". It is a path that does not exist: 404 `NOT_FOUND`.
+#[test]
+fn an_unknown_page_file_is_404_not_405() {
+    let s = start();
+    let (code, body) = s.call("GET", "/page/api.js", None);
+    assert_eq!(code, 200, "{body}");
+    for path in ["/page/app.js", "/page/..%2fCargo.toml", "/page/x%00"] {
+        assert_error(s.call("GET", path, None), 404, "NOT_FOUND");
+    }
+    // Another method on a page path is still 405.
+    assert_error(
+        s.call("POST", "/page/api.js", Some("{}")),
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
+}
