@@ -7,6 +7,10 @@
 #[cfg(unix)]
 mod cli;
 #[cfg(unix)]
+mod containment;
+#[cfg(target_os = "linux")]
+mod crash_orphans;
+#[cfg(unix)]
 mod engine;
 #[cfg(unix)]
 mod gpu;
@@ -16,6 +20,8 @@ mod gpu_nvml;
 mod http_limits;
 #[cfg(unix)]
 mod metrics;
+#[cfg(target_os = "linux")]
+mod pid1;
 mod portable;
 #[cfg(unix)]
 mod proxy;
