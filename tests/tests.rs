@@ -7,6 +7,8 @@
 #[cfg(unix)]
 mod cli;
 #[cfg(unix)]
+mod client;
+#[cfg(unix)]
 mod engine;
 #[cfg(unix)]
 mod gpu;
@@ -14,10 +16,14 @@ mod gpu;
 mod http_limits;
 mod portable;
 #[cfg(unix)]
+mod screen;
+#[cfg(unix)]
 mod server;
 #[cfg(unix)]
 mod server_process;
 mod sse_client;
+#[cfg(unix)]
+mod terminal;
 mod util;
 #[cfg(windows)]
 mod windows;

@@ -1,14 +1,15 @@
 //! `runstream run`: one command through the engine, in the foreground.
 
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runstream::{Engine, EngineConfig, From, Level, Next, RunSpec, RunState, RunStatus, Stream};
+use runstream::{Engine, EngineConfig, From, Next, RunSpec, RunState, RunStatus};
 
 use crate::args::RunArgs;
+use crate::printer::{Printer, Style};
 use crate::stop_requests;
 
 /// Runs the command; returns the process exit status to use.
@@ -104,7 +105,20 @@ pub fn run(args: RunArgs) -> i32 {
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => 141,
         // Like coreutils' "write error" (the printer said why).
         Some(_) => 1,
-        None => exit_code(&printed.status, user_stopped.load(Ordering::SeqCst)),
+        None => {
+            let status = &printed.status;
+            let not_found = status
+                .error_message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("program not found"));
+            exit_code(
+                status.status,
+                status.exit_code,
+                status.signal,
+                not_found,
+                user_stopped.load(Ordering::SeqCst),
+            )
+        }
     };
     drop(engine);
     drop(scratch);
@@ -204,16 +218,14 @@ struct Printed {
     stdout_error: Option<io::Error>,
 }
 
-/// Prints entries as they come: stdout entries to stdout, stderr entries to stderr, each
-/// with its own terminator (so `\r` progress bars redraw in place); the engine's warnings
-/// to stderr. With `json`, every entry is one JSON line on stdout. Writes are buffered per
-/// batch (flushed when the batch ends, and when output switches between stdout and stderr,
-/// so their order is kept). If a write to stdout fails, the run is stopped, as a pipeline
-/// stops on SIGPIPE: the output has nowhere to go. Any failure but the reader going away
-/// is said on stderr.
+/// Prints entries as they come (see [`Printer`]). If a write to stdout fails, the run is
+/// stopped, as a pipeline stops on SIGPIPE: the output has nowhere to go. Any failure but
+/// the reader going away is said on stderr.
 fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
-    let stdout = io::stdout();
-    let stderr = io::stderr();
+    let mut printer = Printer::new(Style {
+        json,
+        timestamps: false,
+    });
     let mut sub = run.subscribe(From::Start);
     let mut stdout_error = None;
     loop {
@@ -222,48 +234,7 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
                 if stdout_error.is_some() {
                     continue; // draining until the stopped run ends
                 }
-                let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
-                let mut err = BufWriter::with_capacity(16 * 1024, stderr.lock());
-                let mut last = Stream::Stdout;
-                let mut written = Ok(());
-                for e in entries.iter() {
-                    let target = if json { Stream::Stdout } else { e.stream };
-                    if target != last {
-                        // Keep stdout and stderr in the order they were written.
-                        let _ = if last == Stream::Stdout {
-                            out.flush()
-                        } else {
-                            err.flush()
-                        };
-                        last = target;
-                    }
-                    written = if json {
-                        out.write_all(e.json().as_bytes())
-                            .and_then(|()| out.write_all(b"\n"))
-                    } else {
-                        match e.stream {
-                            Stream::Stdout => out
-                                .write_all(e.message.as_bytes())
-                                .and_then(|()| out.write_all(e.end.terminator().as_bytes())),
-                            Stream::Stderr => {
-                                let _ = write!(err, "{}{}", e.message, e.end.terminator());
-                                Ok(())
-                            }
-                            Stream::System if e.level >= Level::Warning => {
-                                let _ = writeln!(err, "runstream: {}", e.message);
-                                Ok(())
-                            }
-                            Stream::System => Ok(()),
-                        }
-                    };
-                    if written.is_err() {
-                        break;
-                    }
-                }
-                let flushed = written.and_then(|()| out.flush());
-                let _ = err.flush();
-                if let Err(e) = flushed {
-                    drop((out, err));
+                if let Err(e) = printer.print(&entries) {
                     // A reader that went away is the normal end of `| head`: nothing to say.
                     if e.kind() != io::ErrorKind::BrokenPipe {
                         eprintln!("runstream: cannot write to stdout: {e}");
@@ -278,36 +249,35 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
             ),
             Next::Status(_) | Next::Gpu { .. } | Next::Timeout => {}
             Next::End(status) => {
+                printer.finish();
                 return Printed {
                     status,
                     stdout_error,
-                }
+                };
             }
         }
     }
 }
 
 /// The child's code; 128+N for signal N; 124 on timeout; 130 when the user stopped it;
-/// 127/126 when it could not be started.
-fn exit_code(status: &RunStatus, user_stopped: bool) -> i32 {
-    match status.status {
+/// 127/126 when it could not be started (`not_found`: the program does not exist). Also
+/// the exit status of `runstream start --follow`.
+pub fn exit_code(
+    state: RunState,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    not_found: bool,
+    user_stopped: bool,
+) -> i32 {
+    match state {
         RunState::TimedOut => 124,
         RunState::Cancelled if user_stopped => 130,
-        _ => match (status.exit_code, status.signal) {
+        _ => match (exit_code, signal) {
             (Some(code), _) => code,
             (None, Some(signal)) => 128 + signal,
-            (None, None) => {
-                // The engine's own entry already said why ("failed to start: …").
-                let not_found = status
-                    .error_message
-                    .as_deref()
-                    .is_some_and(|m| m.starts_with("program not found"));
-                if not_found {
-                    127
-                } else {
-                    126
-                }
-            }
+            // The engine's own entry already said why ("failed to start: …").
+            (None, None) if not_found => 127,
+            (None, None) => 126,
         },
     }
 }
