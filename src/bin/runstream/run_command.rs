@@ -11,6 +11,7 @@ use runstream::{Engine, EngineConfig, From, Next, RunSpec, RunState, RunStatus};
 use crate::args::RunArgs;
 use crate::printer::{Printer, Style};
 use crate::stop_requests;
+use crate::terminal_view;
 
 /// Runs the command; returns the process exit status to use.
 pub fn run(args: RunArgs) -> i32 {
@@ -81,14 +82,21 @@ pub fn run(args: RunArgs) -> i32 {
         Ok(requests) => {
             let run = run.clone();
             let user_stopped = Arc::clone(&user_stopped);
+            // On the live view, the message takes the bottom row (a progress bar's, which
+            // its next frame redraws below) instead of being written into it.
+            let row = if terminal_view::same_terminal() {
+                terminal_view::ERASE_ROW
+            } else {
+                ""
+            };
             std::thread::spawn(move || {
                 for () in requests {
                     if user_stopped.swap(true, Ordering::SeqCst) {
-                        eprintln!("runstream: killing the process group");
+                        eprintln!("{row}runstream: killing the process group");
                         run.kill();
                     } else {
                         eprintln!(
-                            "runstream: stopping ({}; press Ctrl-C again to kill)",
+                            "{row}runstream: stopping ({}; press Ctrl-C again to kill)",
                             stop_requests::GRACEFUL
                         );
                         run.cancel();

@@ -13,7 +13,7 @@ use runstream::{LineEnd, Stream};
 const MAX_OPEN_BYTES: usize = 4096;
 
 /// Erases the row the cursor is on and puts the cursor at its start.
-const ERASE_ROW: &str = "\r\x1b[2K";
+pub const ERASE_ROW: &str = "\r\x1b[2K";
 /// Moves the cursor one row up and erases that row.
 const ERASE_ROW_ABOVE: &str = "\x1b[1A\x1b[2K";
 
