@@ -41,6 +41,12 @@ impl Pty {
             )
         };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // Not inherited by processes other tests spawn meanwhile: one holding the slave
+        // side would keep the master from seeing the end of the output.
+        for fd in [master, slave] {
+            // SAFETY: F_SETFD on fds openpty just returned.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
         // SAFETY: openpty returned these fds, and nothing else owns them.
         let (mut master, slave) =
             unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
@@ -225,7 +231,8 @@ fn a_progress_bar_on_stderr_stays_below_prints_on_stdout_in_write_order() {
     // Each step waits for the test to see the previous one on the screen: the writes are
     // apart in time, so their order across the two pipes is known.
     let script = r#"
-        go() { read _ < "$GO"; }
+        exec 3< "$GO"
+        go() { read _ <&3; }
         echo start; go
         printf '\r 25%%|#   | 1/4' >&2; go
         printf '\033[32mstep 1 ok\033[0m\n'; go
@@ -235,26 +242,23 @@ fn a_progress_bar_on_stderr_stays_below_prints_on_stdout_in_write_order() {
         printf '\r100%%|####| 4/4\n' >&2; go
         echo done
     "#;
+    // Opened for reading and writing, so that neither side blocks in open(); one line
+    // written lets the script take one step.
+    let mut go_pipe = File::options().read(true).write(true).open(&fifo).unwrap();
     let logs = tempfile::tempdir().unwrap();
     let pty = Pty::open();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runstream"));
-    child
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runstream"));
+    command
         .args(["run", "--log-dir", logs.path().to_str().unwrap(), "--env"])
         .arg(format!("GO={}", fifo.display()))
         .args(["--", "sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(pty.stdio())
         .stderr(pty.stdio());
-    let child = child.spawn().unwrap();
+    let child = command.spawn().unwrap();
+    drop(command); // it holds copies of the pty's slave side
     let mut terminal = Terminal::new(pty);
-    let go = || {
-        File::options()
-            .write(true)
-            .open(&fifo)
-            .unwrap()
-            .write_all(b"\n")
-            .unwrap()
-    };
+    let mut go = || go_pipe.write_all(b"\n").unwrap();
     for shown in [
         "start",
         " 25%|#   | 1/4",
