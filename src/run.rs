@@ -852,7 +852,9 @@ fn stream_index(stream: Stream) -> usize {
 /// stream's chunks are already in order; an end of file stays right after its stream's
 /// last chunk).
 fn in_read_order(waiting: Vec<Input>) -> Vec<Input> {
-    if waiting.len() < 2 {
+    // One stream only (the usual case): already in order.
+    let first = waiting.first().map(Input::stream);
+    if waiting.iter().all(|input| Some(input.stream()) == first) {
         return waiting;
     }
     let mut last_read = [Timestamp::from_micros(i64::MIN); 2];
