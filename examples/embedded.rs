@@ -48,7 +48,7 @@ fn main() {
             Event::Entry(e) => println!("{:>3} [{}] {}", e.seq, e.stream.as_str(), e.message),
             Event::Status(s) => println!("    status: {}", s.status.as_str()),
             Event::Gap { from_seq, to_seq } => println!("    lost {from_seq}..={to_seq}"),
-            Event::Gpu { memory_bytes, .. } => println!("    GPU memory: {memory_bytes} bytes"),
+            Event::Gpu { memory_bytes, .. } => println!("    GPU memory: {memory_bytes:?} bytes"),
             Event::End(s) => println!(
                 "    finished: {} (exit code {:?})",
                 s.status.as_str(),

@@ -38,13 +38,16 @@ pub enum Next {
     },
     /// The run's state changed (or, first, the state it is in when the subscription starts).
     Status(RunStatus),
-    /// The run's GPU memory changed. Like a gauge, changes between two reads are
+    /// The run's GPU use changed. Like a gauge, changes between two reads are
     /// coalesced: the latest numbers come once.
     Gpu {
-        /// GPU memory its process group uses now, bytes.
-        memory_bytes: u64,
-        /// The most it used, bytes.
-        peak_bytes: u64,
+        /// GPU memory its process group uses now, bytes; `None`: unknown (the driver
+        /// does not attribute memory to processes here).
+        memory_bytes: Option<u64>,
+        /// The most it used, bytes, as far as known.
+        peak_bytes: Option<u64>,
+        /// SM utilisation of its processes over the last sample, percent; `None`: unknown.
+        utilization_percent: Option<u32>,
     },
     /// The run is over and every entry was handed out; later calls return `End` again.
     End(RunStatus),
@@ -66,12 +69,14 @@ pub enum Event {
     },
     /// The run's state changed.
     Status(RunStatus),
-    /// The run's GPU memory changed.
+    /// The run's GPU use changed.
     Gpu {
-        /// GPU memory its process group uses now, bytes.
-        memory_bytes: u64,
-        /// The most it used, bytes.
-        peak_bytes: u64,
+        /// GPU memory its process group uses now, bytes; `None`: unknown.
+        memory_bytes: Option<u64>,
+        /// The most it used, bytes, as far as known.
+        peak_bytes: Option<u64>,
+        /// SM utilisation of its processes over the last sample, percent; `None`: unknown.
+        utilization_percent: Option<u32>,
     },
     /// The run is over; the iterator ends after this.
     End(RunStatus),
@@ -248,11 +253,17 @@ impl OutputCapture {
         }
     }
 
-    /// Records the run's GPU memory and tells subscribers.
-    pub(crate) fn update_gpu(&self, memory_bytes: u64, peak_bytes: u64) {
+    /// Records the run's GPU use and tells subscribers.
+    pub(crate) fn update_gpu(
+        &self,
+        memory_bytes: Option<u64>,
+        peak_bytes: Option<u64>,
+        utilization_percent: Option<u32>,
+    ) {
         let mut s = self.lock();
-        s.current.gpu_memory_bytes = Some(memory_bytes);
-        s.current.gpu_memory_peak_bytes = Some(peak_bytes);
+        s.current.gpu_memory_bytes = memory_bytes;
+        s.current.gpu_memory_peak_bytes = peak_bytes;
+        s.current.gpu_utilization_percent = utilization_percent;
         s.gpu_version += 1;
         drop(s);
         self.changed.notify_all();
@@ -563,8 +574,9 @@ impl Subscription {
             if s.gpu_version != self.gpu_version && !s.finished {
                 self.gpu_version = s.gpu_version;
                 return Next::Gpu {
-                    memory_bytes: s.current.gpu_memory_bytes.unwrap_or(0),
-                    peak_bytes: s.current.gpu_memory_peak_bytes.unwrap_or(0),
+                    memory_bytes: s.current.gpu_memory_bytes,
+                    peak_bytes: s.current.gpu_memory_peak_bytes,
+                    utilization_percent: s.current.gpu_utilization_percent,
                 };
             }
             let first = s.first_seq();
@@ -649,10 +661,12 @@ impl Iterator for Subscription {
                 Next::Gpu {
                     memory_bytes,
                     peak_bytes,
+                    utilization_percent,
                 } => {
                     return Some(Event::Gpu {
                         memory_bytes,
                         peak_bytes,
+                        utilization_percent,
                     })
                 }
                 Next::End(status) => return Some(Event::End(status)),

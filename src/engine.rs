@@ -129,12 +129,6 @@ impl Engine {
         }
         spec.validate().map_err(SubmitError::InvalidSpec)?;
         let created_at = Timestamp::now();
-        let ticket = self.admission.enqueue(spec.gpu_memory_mb);
-        let waiting_for = match ticket.admitted.is_empty() {
-            false => None,
-            true if spec.gpu_memory_mb > 0 => Some("gpu_memory".to_string()),
-            true => Some("slot".to_string()),
-        };
         let mut registry = self.registry();
         let run_id = loop {
             let id = new_run_id(created_at, &spec.module_id);
@@ -155,12 +149,14 @@ impl Engine {
             exit_code: None,
             signal: None,
             error_message: None,
-            waiting_for,
+            // Set by the admission queue while the run waits.
+            waiting_for: None,
             progress_percent: None,
             process_start_time: None,
             total_entries: None,
             gpu_memory_bytes: None,
             gpu_memory_peak_bytes: None,
+            gpu_utilization_percent: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
         };
@@ -171,6 +167,17 @@ impl Engine {
             self.config.ring_max_bytes,
             status_file,
         ));
+        let queued = Arc::clone(&capture);
+        let ticket = self.admission.enqueue(
+            spec.gpu_memory_mb,
+            Box::new(move |why, announce| {
+                queued.update_status(announce, |s| {
+                    if s.status == RunState::Queued {
+                        s.waiting_for = Some(why.to_string());
+                    }
+                })
+            }),
+        );
         let (control_tx, control_rx) = unbounded();
         let handle = RunHandle {
             inner: Arc::new(RunInner {

@@ -22,7 +22,7 @@
 //!         Event::Entry(e) => println!("[{}] {} {}", e.stream.as_str(), e.level.as_str(), e.message),
 //!         Event::Status(s) => println!("now {}", s.status.as_str()),
 //!         Event::Gap { from_seq, to_seq } => println!("lost {from_seq}..={to_seq}"),
-//!         Event::Gpu { memory_bytes, .. } => println!("GPU memory: {memory_bytes} bytes"),
+//!         Event::Gpu { memory_bytes, .. } => println!("GPU memory: {memory_bytes:?} bytes"),
 //!         Event::End(s) => assert_eq!((s.status, s.exit_code), (RunState::Failed, Some(3))),
 //!     }
 //! }

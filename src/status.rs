@@ -90,19 +90,25 @@ pub struct RunStatus {
     /// Why the run failed or stopped: the spawn error, or the last lines of stderr
     /// (at most 500 characters).
     pub error_message: Option<String>,
-    /// Why a queued run is still waiting: `"slot"` (a free concurrency slot) or
-    /// `"gpu_memory"` (enough free GPU memory).
+    /// Why a queued run is still waiting: `"slot"` (a free concurrency slot),
+    /// `"gpu_memory"` (enough free GPU memory), or `"gpu_memory: REASON"` while the GPUs
+    /// cannot be read (a GPU lost, a timeout) and the run waits for the next reading.
     pub waiting_for: Option<String>,
     /// The last progress percentage the run printed (`45%` in a `\r` update or in a line
     /// that mentions progress), if any.
     pub progress_percent: Option<f64>,
     /// GPU memory the run's process group uses now, bytes (known once a GPU process of
-    /// the run was seen).
+    /// the run was seen; unknown where the driver does not attribute memory to
+    /// processes, e.g. Windows WDDM or a container with its own PID namespace).
     #[serde(default)]
     pub gpu_memory_bytes: Option<u64>,
     /// The most GPU memory the run's process group used, bytes.
     #[serde(default)]
     pub gpu_memory_peak_bytes: Option<u64>,
+    /// SM utilisation of the run's processes over the last GPU sample, percent (unknown
+    /// when the driver has no sample for them).
+    #[serde(default)]
+    pub gpu_utilization_percent: Option<u32>,
     /// GPU memory (MiB) the run asked to have free before it starts (0: none).
     #[serde(default)]
     pub gpu_memory_mb: u64,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runstream::gpu::{GpuDevice, GpuProcess, GpuSource, NoGpu};
+use runstream::gpu::{GpuDevice, GpuError, GpuProcess, GpuSource, NoGpu};
 use runstream::{Engine, EngineConfig, Event, From, RunHandle, RunSpec, RunState};
 
 use crate::util::*;
@@ -40,13 +40,14 @@ impl FakeGpu {
             .map(|&(pid, bytes)| GpuProcess {
                 pid,
                 used_memory_bytes: Some(bytes),
+                ..GpuProcess::default()
             })
             .collect();
     }
 }
 
 impl GpuSource for FakeGpu {
-    fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+    fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
         Ok(vec![self.device.lock().unwrap().clone()])
     }
 }
@@ -86,6 +87,7 @@ fn gpu_memory_of_a_grandchild_is_the_runs_with_its_peak_and_gpu_events() {
             runstream::Next::Gpu {
                 memory_bytes,
                 peak_bytes,
+                ..
             } => return (memory_bytes, peak_bytes),
             runstream::Next::Timeout | runstream::Next::End(_) => panic!("no gpu event"),
             _ => {}
@@ -95,12 +97,12 @@ fn gpu_memory_of_a_grandchild_is_the_runs_with_its_peak_and_gpu_events() {
     wait_status(&run, "2 GiB attributed", |s| {
         s.gpu_memory_bytes == Some(2 * GIB)
     });
-    assert_eq!(next_gpu_event(), (2 * GIB, 2 * GIB));
+    assert_eq!(next_gpu_event(), (Some(2 * GIB), Some(2 * GIB)));
     gpu.set(29 * GIB, &[(grandchild, GIB)]);
     wait_status(&run, "1 GiB now", |s| s.gpu_memory_bytes == Some(GIB));
     assert_eq!(
         next_gpu_event(),
-        (GIB, 2 * GIB),
+        (Some(GIB), Some(2 * GIB)),
         "current drops, the peak stays"
     );
     assert_eq!(run.status().gpu_memory_peak_bytes, Some(2 * GIB));
@@ -108,7 +110,7 @@ fn gpu_memory_of_a_grandchild_is_the_runs_with_its_peak_and_gpu_events() {
     assert_eq!(usage.len(), 1);
     assert_eq!(
         (usage[0].run_id.as_str(), usage[0].gpu_memory_bytes),
-        (run.id(), GIB)
+        (run.id(), Some(GIB))
     );
     run.cancel();
     run.wait();

@@ -13,6 +13,8 @@ mod engine;
 #[cfg(unix)]
 mod gpu;
 #[cfg(unix)]
+mod gpu_nvml;
+#[cfg(unix)]
 mod http_limits;
 mod portable;
 #[cfg(unix)]

@@ -9,22 +9,25 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{GpuDevice, GpuSource};
+use super::attribution::{self, Attribution, Lack};
+use super::{GpuDevice, GpuError, GpuSource};
 use crate::capture::OutputCapture;
 use crate::process;
 
-/// How long to wait before asking again a source that has no GPU.
-const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(30);
-
-/// One run's GPU memory, for `/api/gpu`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One run's GPU use, for `/api/gpu`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RunGpuUsage {
     /// The run.
     pub run_id: String,
-    /// GPU memory its process group uses now, bytes.
-    pub gpu_memory_bytes: u64,
-    /// The most it has used, bytes.
-    pub gpu_memory_peak_bytes: u64,
+    /// GPU memory its process group uses now, bytes; `None`: unknown (the driver does not
+    /// attribute memory to processes here: see [`Attribution`]), never a made-up 0.
+    pub gpu_memory_bytes: Option<u64>,
+    /// The most it has used, bytes, as far as known.
+    pub gpu_memory_peak_bytes: Option<u64>,
+    /// Percent of the last sample period in which its processes' kernels ran on the
+    /// streaming multiprocessors (summed over its processes); `None`: unknown (no sample
+    /// since the last sweep: NVML says NotFound when nothing ran).
+    pub gpu_utilization_percent: Option<u32>,
 }
 
 /// Samples GPUs, maps GPU processes to runs, and keeps GPU memory promises for admission.
@@ -38,9 +41,11 @@ pub struct GpuMonitor {
 
 #[derive(Default)]
 struct MonitorState {
-    last: Option<(Instant, Result<Vec<GpuDevice>, String>)>,
+    last: Option<(Instant, Result<Vec<GpuDevice>, GpuError>)>,
     /// Live runs by process group id.
     runs: HashMap<u32, TrackedRun>,
+    /// Whether the last reading could be attributed to processes.
+    attribution: Attribution,
     promises: Vec<Promise>,
     waiting_runs: usize,
     sampler_running: bool,
@@ -49,10 +54,11 @@ struct MonitorState {
 
 struct TrackedRun {
     group: process::ProcessGroup,
-    run_id: String,
     capture: Arc<OutputCapture>,
-    current: Option<u64>,
-    peak: u64,
+    /// What subscribers were last told.
+    usage: RunGpuUsage,
+    /// One of its processes was on a GPU at the last sample.
+    on_gpu: bool,
 }
 
 /// GPU memory set aside for an admitted run until the driver shows its processes using
@@ -63,6 +69,8 @@ struct Promise {
     pgid: Option<u32>,
     device: u32,
     bytes: u64,
+    /// The device's memory in use when the promise was made.
+    used_before: u64,
 }
 
 impl std::fmt::Debug for GpuMonitor {
@@ -72,6 +80,11 @@ impl std::fmt::Debug for GpuMonitor {
             .field("interval", &self.interval)
             .finish()
     }
+}
+
+/// The answer when there is no reading: why, and whether the next sample may work.
+fn unavailable(e: &GpuError) -> Value {
+    json!({"available": false, "reason": e.reason(), "transient": e.is_transient()})
 }
 
 impl GpuMonitor {
@@ -91,7 +104,7 @@ impl GpuMonitor {
     }
 
     /// Every device, read at most `interval` ago (read now if older).
-    pub fn sample(&self) -> Result<Vec<GpuDevice>, String> {
+    pub fn sample(&self) -> Result<Vec<GpuDevice>, GpuError> {
         if let Some((at, sample)) = &self.lock().last {
             if at.elapsed() < self.interval {
                 return sample.clone();
@@ -102,29 +115,35 @@ impl GpuMonitor {
         sample
     }
 
-    /// GPU memory of every live run the driver attributes memory to.
+    /// GPU use of every live run that is on a GPU now or was seen using GPU memory.
     pub fn runs(&self) -> Vec<RunGpuUsage> {
         let s = self.lock();
         let mut runs: Vec<_> = s
             .runs
             .values()
-            .filter_map(|r| {
-                Some(RunGpuUsage {
-                    run_id: r.run_id.clone(),
-                    gpu_memory_bytes: r.current?,
-                    gpu_memory_peak_bytes: r.peak,
-                })
-            })
+            .filter(|r| r.on_gpu || r.usage.gpu_memory_bytes.is_some())
+            .map(|r| r.usage.clone())
             .collect();
         runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
         runs
     }
 
-    /// `/api/gpu`: devices and per-run usage, or `{"available": false, "reason": …}`.
+    /// Whether the last reading could be attributed to processes, and why not.
+    pub fn attribution(&self) -> Attribution {
+        self.lock().attribution.clone()
+    }
+
+    /// `/api/gpu`: devices and per-run usage, or `{"available": false, "reason": …,
+    /// "transient": …}` (`transient`: the GPUs were readable and the next sample may work).
     pub fn report(&self) -> Value {
         match self.sample() {
-            Ok(devices) => json!({"available": true, "devices": devices, "runs": self.runs()}),
-            Err(reason) => json!({"available": false, "reason": reason}),
+            Ok(devices) => json!({
+                "available": true,
+                "devices": devices,
+                "runs": self.runs(),
+                "attribution": self.attribution(),
+            }),
+            Err(e) => unavailable(&e),
         }
     }
 
@@ -138,7 +157,7 @@ impl GpuMonitor {
                 "memory_used_bytes": devices.iter().map(|d| d.memory_used_bytes).sum::<u64>(),
                 "runs_using_gpu": self.runs().len(),
             }),
-            Err(reason) => json!({"available": false, "reason": reason}),
+            Err(e) => unavailable(&e),
         }
     }
 
@@ -186,13 +205,27 @@ impl GpuMonitor {
         gauge("runstream_gpu_power_watts", "GPU power draw.", &|d| {
             d.power_watts
         });
-        out.push_str("# HELP runstream_run_gpu_memory_bytes GPU memory used by a run's process group.\n# TYPE runstream_run_gpu_memory_bytes gauge\n");
-        for r in self.runs() {
-            out.push_str(&format!(
-                "runstream_run_gpu_memory_bytes{{run_id=\"{}\"}} {}\n",
-                r.run_id, r.gpu_memory_bytes
-            ));
-        }
+        // Unknown values are left out, never written as 0.
+        let runs = self.runs();
+        let mut run_gauge =
+            |name: &str, help: &str, value: &dyn Fn(&RunGpuUsage) -> Option<u64>| {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+                for r in &runs {
+                    if let Some(v) = value(r) {
+                        out.push_str(&format!("{name}{{run_id=\"{}\"}} {v}\n", r.run_id));
+                    }
+                }
+            };
+        run_gauge(
+            "runstream_run_gpu_memory_bytes",
+            "GPU memory used by a run's process group.",
+            &|r| r.gpu_memory_bytes,
+        );
+        run_gauge(
+            "runstream_run_gpu_utilization_percent",
+            "SM utilisation of a run's processes over the last sample.",
+            &|r| r.gpu_utilization_percent.map(u64::from),
+        );
         out
     }
 
@@ -202,12 +235,12 @@ impl GpuMonitor {
     }
 
     /// Sets `bytes` aside on the device with the most memory free after earlier promises,
-    /// for the run holding `ticket`. `Ok(false)`: none has enough now. `Err`: no GPU can
-    /// be read at all.
-    pub(crate) fn reserve(&self, ticket: u64, bytes: u64) -> Result<bool, String> {
+    /// for the run holding `ticket`. `Ok(false)`: none has enough now. `Err`: no reading
+    /// now ([`GpuError::Unavailable`]: none ever, no GPU found).
+    pub(crate) fn reserve(&self, ticket: u64, bytes: u64) -> Result<bool, GpuError> {
         let devices = self.sample()?;
         if devices.is_empty() {
-            return Err("no GPU found".into());
+            return Err(GpuError::Unavailable("no GPU found".into()));
         }
         let mut s = self.lock();
         let best = devices
@@ -219,7 +252,7 @@ impl GpuMonitor {
                     .filter(|p| p.device == d.index)
                     .map(|p| p.bytes)
                     .sum();
-                (d.index, d.memory_free_bytes.saturating_sub(promised))
+                (d, d.memory_free_bytes.saturating_sub(promised))
             })
             .max_by_key(|(_, free)| *free);
         match best {
@@ -227,8 +260,9 @@ impl GpuMonitor {
                 s.promises.push(Promise {
                     ticket,
                     pgid: None,
-                    device,
+                    device: device.index,
                     bytes,
+                    used_before: device.memory_used_bytes,
                 });
                 Ok(true)
             }
@@ -265,10 +299,12 @@ impl GpuMonitor {
                 pgid,
                 TrackedRun {
                     group: group.clone(),
-                    run_id: run_id.to_string(),
                     capture: Arc::clone(capture),
-                    current: None,
-                    peak: 0,
+                    usage: RunGpuUsage {
+                        run_id: run_id.to_string(),
+                        ..RunGpuUsage::default()
+                    },
+                    on_gpu: false,
                 },
             );
         }
@@ -316,12 +352,10 @@ impl GpuMonitor {
                     return;
                 }
             }
+            // A failed sample is retried at the same interval: a transient error (a GPU
+            // lost for a moment, a timeout) must not leave readings stale, and a source
+            // that cannot start (no driver) answers from memory until its own retry.
             let sample = self.source.sample();
-            let pause = if sample.is_ok() {
-                self.interval
-            } else {
-                UNAVAILABLE_BACKOFF.max(self.interval)
-            };
             self.apply(&sample);
             if let Some(hook) = self
                 .on_sample
@@ -337,7 +371,7 @@ impl GpuMonitor {
             }
             drop(
                 self.wake
-                    .wait_timeout(s, pause)
+                    .wait_timeout(s, self.interval)
                     .unwrap_or_else(|e| e.into_inner()),
             );
         }
@@ -345,14 +379,15 @@ impl GpuMonitor {
 
     /// Stores a sample, attributes GPU processes to runs through their process groups,
     /// drops promises the driver now shows in use, and tells runs whose numbers changed.
-    fn apply(&self, sample: &Result<Vec<GpuDevice>, String>) {
+    fn apply(&self, sample: &Result<Vec<GpuDevice>, GpuError>) {
         let mut changed = Vec::new();
         {
             let mut s = self.lock();
             s.last = Some((Instant::now(), sample.clone()));
             let Ok(devices) = sample else { return };
-            let mut per_group: HashMap<u32, u64> = HashMap::new();
-            let mut seen: HashSet<(u32, u32)> = HashSet::new();
+            let judged = attribution::judge(devices, attribution::visible);
+            let mut per_group: HashMap<u32, Seen> = HashMap::new();
+            let mut seen_on: HashSet<(u32, u32)> = HashSet::new();
             for d in devices {
                 for p in &d.processes {
                     // The process on the GPU is often a grandchild (`sh` → `python`): it
@@ -361,24 +396,88 @@ impl GpuMonitor {
                     let Some(pgid) = owner.map(|(pgid, _)| *pgid) else {
                         continue;
                     };
-                    *per_group.entry(pgid).or_default() += p.used_memory_bytes.unwrap_or(0);
-                    seen.insert((pgid, d.index));
+                    per_group.entry(pgid).or_default().add(p);
+                    seen_on.insert((pgid, d.index));
                 }
             }
-            s.promises
-                .retain(|p| !p.pgid.is_some_and(|g| seen.contains(&(g, p.device))));
+            s.promises.retain(|p| {
+                let Some(pgid) = p.pgid else { return true };
+                if seen_on.contains(&(pgid, p.device)) {
+                    return false;
+                }
+                // The run's processes cannot be seen (other pids): the promise holds until
+                // the device's memory in use grew by as much.
+                let used = devices.iter().find(|d| d.index == p.device);
+                !(judged.lack == Some(Lack::PidsHidden)
+                    && used.is_some_and(|d| d.memory_used_bytes >= p.used_before + p.bytes))
+            });
             for (pgid, run) in s.runs.iter_mut() {
-                let now = per_group.get(pgid).copied().unwrap_or(0);
-                if run.current == Some(now) || (run.current.is_none() && now == 0) {
-                    continue;
+                let seen = per_group.remove(pgid);
+                let usage = run.next_usage(seen.as_ref(), judged.no_run_known());
+                run.on_gpu = seen.is_some();
+                if usage != run.usage {
+                    run.usage = usage.clone();
+                    changed.push((Arc::clone(&run.capture), usage));
                 }
-                run.current = Some(now);
-                run.peak = run.peak.max(now);
-                changed.push((Arc::clone(&run.capture), now, run.peak));
             }
+            s.attribution = judged;
         }
-        for (capture, now, peak) in changed {
-            capture.update_gpu(now, peak);
+        for (capture, usage) in changed {
+            capture.update_gpu(
+                usage.gpu_memory_bytes,
+                usage.gpu_memory_peak_bytes,
+                usage.gpu_utilization_percent,
+            );
+        }
+    }
+}
+
+/// What one sample shows of one run's processes.
+#[derive(Default)]
+struct Seen {
+    processes: usize,
+    /// Memory of its processes; `None` once one of them has no number.
+    bytes: Option<u64>,
+    /// SM % summed over its processes that have a sample.
+    sm: Option<u32>,
+}
+
+impl Seen {
+    fn add(&mut self, p: &super::GpuProcess) {
+        self.bytes = match self.processes {
+            0 => p.used_memory_bytes,
+            _ => self.bytes.zip(p.used_memory_bytes).map(|(a, b)| a + b),
+        };
+        self.processes += 1;
+        if let Some(sm) = p.sm_utilization_percent {
+            self.sm = Some(self.sm.unwrap_or(0) + sm);
+        }
+    }
+}
+
+impl TrackedRun {
+    /// The run's numbers after a sample that showed `seen` of its processes.
+    /// `no_run_known`: the reading cannot show any run's memory (see [`Attribution`]).
+    fn next_usage(&self, seen: Option<&Seen>, no_run_known: bool) -> RunGpuUsage {
+        let before = &self.usage;
+        let memory = match seen {
+            // Where the driver does not attribute memory (or pids are not ours), a run's
+            // memory is unknown: never a made-up 0.
+            _ if no_run_known => None,
+            // `None` when one of its processes is listed without its memory (WDDM).
+            Some(seen) => seen.bytes,
+            // Off the GPU: 0 once it was seen using memory, unknown until then.
+            None => before.gpu_memory_bytes.map(|_| 0),
+        };
+        let peak = match (before.gpu_memory_peak_bytes, memory) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        RunGpuUsage {
+            run_id: before.run_id.clone(),
+            gpu_memory_bytes: memory,
+            gpu_memory_peak_bytes: peak,
+            gpu_utilization_percent: seen.and_then(|s| s.sm),
         }
     }
 }

@@ -41,6 +41,7 @@ pub fn run_json(status: &RunStatus) -> Value {
         "gpu_memory_mb": status.gpu_memory_mb,
         "gpu_memory_bytes": status.gpu_memory_bytes,
         "gpu_memory_peak_bytes": status.gpu_memory_peak_bytes,
+        "gpu_utilization_percent": status.gpu_utilization_percent,
         "waiting_for": status.waiting_for,
         "labels": labels,
     })

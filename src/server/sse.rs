@@ -63,11 +63,15 @@ pub fn stream(
             Next::Gpu {
                 memory_bytes,
                 peak_bytes,
+                utilization_percent,
             } => {
-                let _ = write!(
-                    buf,
-                    "event: gpu\ndata: {{\"gpu_memory_bytes\":{memory_bytes},\"gpu_memory_peak_bytes\":{peak_bytes}}}\n\n"
-                );
+                // null where unknown, never a made-up 0.
+                let data = serde_json::json!({
+                    "gpu_memory_bytes": memory_bytes,
+                    "gpu_memory_peak_bytes": peak_bytes,
+                    "gpu_utilization_percent": utilization_percent,
+                });
+                let _ = write!(buf, "event: gpu\ndata: {data}\n\n");
             }
             Next::Status(_) if replay => continue,
             Next::Status(status) => {

@@ -37,6 +37,11 @@ pub enum Command {
     /// Serve the HTTP API, the SSE streams and the web page until SIGINT/SIGTERM
     Serve(ServeArgs),
     /// Print the GPUs once (name, memory, utilisation, temperature, power, processes)
+    #[command(
+        after_help = "NVML comes from the NVIDIA driver (libnvidia-ml.so.1, nvml.dll), \
+or from the library named by RUNSTREAM_NVML_LIBRARY.\n\
+Exit status: 0; 1 when no GPU can be read (the reason on stderr)."
+    )]
     Gpu,
     /// List a server's runs (queued and running ones; --all for every run)
     Ps(client::ps::PsArgs),

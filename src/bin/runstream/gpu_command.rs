@@ -39,12 +39,18 @@ pub fn run() -> i32 {
         .flat_map(|d| d.processes.iter().map(move |p| (d.index, p)))
         .collect();
     if !processes.is_empty() {
-        println!("\n{:<3} {:>8} {:>12}", "GPU", "PID", "MEMORY");
+        println!("\n{:<3} {:>8} {:>12} {:>4}", "GPU", "PID", "MEMORY", "SM");
         for (gpu, p) in processes {
             let mem = opt(p
                 .used_memory_bytes
                 .map(|b| format!("{:.0} MiB", b as f64 / MIB)));
-            println!("{gpu:<3} {:>8} {:>12}", p.pid, mem);
+            let sm = opt(p.sm_utilization_percent.map(|u| format!("{u}%")));
+            println!("{gpu:<3} {:>8} {:>12} {sm:>4}", p.pid, mem);
+        }
+    }
+    for d in &devices {
+        if let Some(why) = &d.processes_error {
+            println!("GPU {}: processes cannot be listed: {why}", d.index);
         }
     }
     0
