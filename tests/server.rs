@@ -1066,3 +1066,57 @@ fn streams_beyond_the_limit_get_503_and_a_freed_slot_is_reusable() {
     assert_eq!(s.sse(&id, "", &[]).status, 200);
     s.call("POST", &format!("/api/runs/{id}/cancel"), None);
 }
+
+#[test]
+fn modules_reload_needs_the_token_and_swaps_the_catalogue() {
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("modules.json");
+    std::fs::write(
+        &file,
+        json!({"modules": {"hello": {"name": "Hello", "program": "echo", "args": ["hi"]}}})
+            .to_string(),
+    )
+    .unwrap();
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            token: Some("s3cret".into()),
+            modules_file: Some(file),
+            ..ServerConfig::default()
+        },
+    );
+    let before = s.call("GET", "/api/modules?token=s3cret", None).1["total"].clone();
+    assert_error(
+        s.call("POST", "/api/modules/reload", None),
+        401,
+        "UNAUTHORIZED",
+    );
+    assert_eq!(
+        s.call("GET", "/api/modules?token=s3cret", None).1["total"],
+        before,
+        "a refused reload changes nothing"
+    );
+    let auth = [("Authorization", "Bearer s3cret")];
+    let (code, report) = s.call_with("POST", "/api/modules/reload", None, &auth);
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["added"], json!(["hello"]));
+    assert_eq!(report["total_modules"], 1);
+    assert!(
+        !report["removed"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let (_, modules) = s.call_with("GET", "/api/modules", None, &auth);
+    assert_eq!(modules["modules"][0]["id"], "hello", "{modules}");
+    assert_eq!(
+        s.server.reload_modules().unwrap().changed,
+        Vec::<String>::new()
+    );
+
+    // A server without a modules file has nothing to reload.
+    let plain = start();
+    assert_error(
+        plain.call("POST", "/api/modules/reload", None),
+        400,
+        "INVALID_STATE",
+    );
+}

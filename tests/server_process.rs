@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{live_group_members, PATIENCE};
+use crate::util::{fifo_echo_module, fifo_feeder, live_group_members, PATIENCE};
 
 const LOST_RUN_MESSAGE: &str = "server stopped while the run was live";
 
@@ -27,14 +27,14 @@ fn runstream() -> Command {
 }
 
 /// Writes a catalogue file into `dir`; returns its path.
-fn write_modules(dir: &Path, catalogue: Value) -> PathBuf {
+pub(crate) fn write_modules(dir: &Path, catalogue: Value) -> PathBuf {
     let path = dir.join("modules.json");
     fs::write(&path, serde_json::to_vec_pretty(&catalogue).unwrap()).unwrap();
     path
 }
 
 /// Polls `done` every 20 ms until it returns `Some`, or panics with `what` after `within`.
-fn poll<T>(within: Duration, what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn poll<T>(within: Duration, what: &str, mut done: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = done() {
@@ -70,14 +70,14 @@ impl Drop for GroupGuard {
 /// A `runstream serve` process: stdout lines arrive on a channel (read by a thread),
 /// stderr goes to a temporary file (the server logs there; a pipe nobody reads could
 /// fill and block it). Dropping it SIGKILLs the process if it is still running.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     stdout: mpsc::Receiver<String>,
     stderr: tempfile::NamedTempFile,
 }
 
 impl Proc {
-    fn spawn(cwd: &Path, args: &[&str]) -> Proc {
+    pub(crate) fn spawn(cwd: &Path, args: &[&str]) -> Proc {
         Proc::spawn_with(cwd, args, runstream())
     }
 
@@ -114,7 +114,7 @@ impl Proc {
         self.child.id()
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
@@ -145,7 +145,7 @@ impl Proc {
     }
 
     /// Waits for the `listening on http://ADDR` line; returns ADDR.
-    fn listening(&mut self) -> SocketAddr {
+    pub(crate) fn listening(&mut self) -> SocketAddr {
         let line = match self.stdout.recv_timeout(PATIENCE) {
             Ok(line) => line,
             Err(e) => {
@@ -920,4 +920,125 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
     assert!(health.contains("\"healthy\""), "{health}");
     proc.signal(libc::SIGTERM);
     assert!(proc.wait_exit(PATIENCE).success());
+}
+
+/// Issue 14: changing the catalogue must not stop running jobs. A live run streams on
+/// across a good reload (SIGHUP) and two bad ones (POST, SIGHUP); a queued run keeps the
+/// spec it was submitted with; later runs get the new catalogue.
+#[test]
+fn a_live_run_keeps_streaming_across_catalogue_reloads_one_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    let mut feeder = fifo_feeder(&feed);
+    let echoer = fifo_echo_module(&feed);
+    let version = |v: &str| json!({"name": "Version", "program": "echo", "args": [v]});
+    let modules = write_modules(
+        dir.path(),
+        json!({"modules": {"echoer": echoer, "version": version("v1")}}),
+    );
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(
+        dir.path(),
+        &data,
+        &[
+            "--modules",
+            modules.to_str().unwrap(),
+            "--max-concurrent",
+            "1",
+        ],
+    );
+    let live = server.run_module("echoer", json!({}));
+    let mut sse = server.stream(&live);
+    let mut say = |sse: &mut Sse, word: &str| {
+        writeln!(feeder, "{word}").unwrap();
+        sse.wait_for(word, |e| e.is_log(&format!("got {word}")));
+    };
+    say(&mut sse, "one");
+    let queued = server.run_module("version", json!({}));
+    assert_eq!(server.run(&queued)["status"], "queued");
+    let reloads = |server: &Server| server.get("/api/health")["catalogue"]["reloads"].clone();
+
+    // 1. A good file, by SIGHUP: echoer removed, version changed, fresh added.
+    write_modules(
+        dir.path(),
+        json!({"modules": {"version": version("v2"),
+            "fresh": {"name": "Fresh", "program": "echo", "args": ["fresh"]}}}),
+    );
+    server.signal(libc::SIGHUP);
+    poll(PATIENCE, "SIGHUP reloaded the catalogue", || {
+        (reloads(&server) == 1).then_some(())
+    });
+    let health = server.get("/api/health");
+    assert!(health["catalogue"]["reload_error"].is_null(), "{health}");
+    assert_eq!(health["total_modules"], 2, "{health}");
+    say(&mut sse, "two");
+    let (code, body) = server.post("/api/modules/echoer/run", json!({}));
+    assert_eq!(
+        (code, &body["error_code"]),
+        (404, &json!("MODULE_NOT_FOUND"))
+    );
+
+    // 2. A bad file, by POST: 422 naming the field, the old catalogue stays.
+    write_modules(
+        dir.path(),
+        json!({"modules": {"version": {"name": "V", "program": "echo", "args": ["{nope}"]}}}),
+    );
+    let (code, body) = server.post("/api/modules/reload", json!({}));
+    assert_eq!(code, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("modules.version.args[0]"), "{detail}");
+    assert!(detail.contains("old catalogue stays"), "{detail}");
+    let health = server.get("/api/health");
+    assert!(
+        health["catalogue"]["reload_error"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("modules.version.args[0]")),
+        "{health}"
+    );
+    let ids: Vec<Value> = server.get("/api/modules")["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("fresh"), json!("version")]);
+    say(&mut sse, "three");
+
+    // 3. Not JSON at all, by SIGHUP: logged, and the server lives on.
+    fs::write(&modules, "{ not json").unwrap();
+    server.signal(libc::SIGHUP);
+    poll(PATIENCE, "the second SIGHUP was handled", || {
+        (reloads(&server) == 3).then_some(())
+    });
+    say(&mut sse, "four");
+    assert!(server
+        .proc
+        .stderr_text()
+        .contains("modules file not reloaded"));
+
+    // Later runs get the catalogue of the last good reload.
+    let later = server.run_module("version", json!({}));
+    let fresh = server.run_module("fresh", json!({}));
+    drop(feeder);
+    let complete = sse.wait_for("complete", |e| e.event == "complete");
+    assert_eq!(complete.json()["status"], "completed", "{}", complete.data);
+    let messages = |run_id: &str| -> Vec<Value> {
+        assert_eq!(
+            server.wait_finished(run_id, PATIENCE)["status"],
+            "completed"
+        );
+        server
+            .logs(run_id)
+            .iter()
+            .map(|e| e["message"].clone())
+            .collect()
+    };
+    assert!(messages(&queued).contains(&json!("v1")), "queued kept v1");
+    assert!(messages(&later).contains(&json!("v2")));
+    assert!(messages(&fresh).contains(&json!("fresh")));
+    let got: Vec<Value> = messages(&live)
+        .into_iter()
+        .filter(|m| m.as_str().is_some_and(|m| m.starts_with("got ")))
+        .collect();
+    assert_eq!(got, ["got one", "got two", "got three", "got four"]);
 }

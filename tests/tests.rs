@@ -18,6 +18,8 @@ mod gpu_nvml;
 mod http_limits;
 mod portable;
 #[cfg(unix)]
+mod proxy;
+#[cfg(unix)]
 mod screen;
 #[cfg(unix)]
 mod server;

@@ -163,3 +163,27 @@ pub fn is_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Makes a FIFO at `path` and opens it for reading and writing, which on Linux never
+/// blocks waiting for the other end. A run that reads the FIFO gets one line per line
+/// written, when the test chooses, and EOF once the returned file is dropped.
+#[cfg(unix)]
+pub fn fifo_feeder(path: &std::path::Path) -> fs::File {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+/// A module that prints `got LINE` for every line written to the FIFO at `feed`.
+#[cfg(unix)]
+pub fn fifo_echo_module(feed: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({"name": "Echoer", "program": "sh",
+        "args": ["-c", "exec 3<\"$0\"; while read -r l <&3; do echo \"got $l\"; done", feed]})
+}

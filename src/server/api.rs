@@ -14,6 +14,7 @@ use super::http::{
     header, json_response, query_number, query_pairs, query_value, read_json_body, request_header,
     url_path, ApiError, FullResponse,
 };
+use super::live_catalogue::ReloadError;
 use super::modules::BuildError;
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
@@ -107,6 +108,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
         )),
         (["api", "health"], Get) => Ok(json_reply(200, &health(state))),
         (["api", "modules"], Get) => Ok(json_reply(200, &modules(state))),
+        (["api", "modules", "reload"], Post) => reload_modules(state),
         (["api", "modules", id], Get) => module(state, id),
         (["api", "modules", id, "run"], Post) => {
             let body = read_json_body(request, state.config.max_body_bytes)?;
@@ -145,6 +147,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
 fn allowed_methods<S: AsRef<str>>(segments: &[S]) -> &'static [&'static str] {
     let segments: Vec<&str> = segments.iter().map(AsRef::as_ref).collect();
     match segments.as_slice() {
+        ["api", "modules", "reload"] => &["GET", "POST"], // GET: a module named "reload"
         [] | ["index.html"] | ["api", "health"] | ["api", "modules"] | ["api", "modules", _] => {
             &["GET"]
         }
@@ -189,7 +192,8 @@ fn health(state: &AppState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "active_runs": live,
-        "total_modules": state.catalogue.modules.len(),
+        "total_modules": state.catalogue.get().modules.len(),
+        "catalogue": state.catalogue.health(),
     })
 }
 
@@ -202,6 +206,7 @@ fn module_json(id: &str, module: &super::modules::Module) -> Value {
 fn modules(state: &AppState) -> Value {
     let list: Vec<Value> = state
         .catalogue
+        .get()
         .modules
         .iter()
         .map(|(id, m)| module_json(id, m))
@@ -210,8 +215,8 @@ fn modules(state: &AppState) -> Value {
 }
 
 fn module(state: &AppState, id: &str) -> Result<Reply, ApiError> {
-    let m = state
-        .catalogue
+    let catalogue = state.catalogue.get();
+    let m = catalogue
         .modules
         .get(id)
         .ok_or_else(|| module_not_found(id))?;
@@ -220,6 +225,16 @@ fn module(state: &AppState, id: &str) -> Result<Reply, ApiError> {
 
 fn module_not_found(id: &str) -> ApiError {
     ApiError::new(404, "MODULE_NOT_FOUND", format!("module {id:?} not found"))
+}
+
+/// `POST /api/modules/reload`: what changed, or why the old catalogue stays (422 for a
+/// bad file, 400 when the server has no file to read).
+fn reload_modules(state: &AppState) -> Result<Reply, ApiError> {
+    match state.catalogue.reload() {
+        Ok(report) => Ok(json_reply(200, &report.json())),
+        Err(e @ ReloadError::NoFile) => Err(ApiError::new(400, "INVALID_STATE", e.to_string())),
+        Err(e) => Err(ApiError::validation(e.to_string())),
+    }
 }
 
 fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
@@ -256,11 +271,13 @@ fn start_module(state: &AppState, id: &str, body: Value) -> Result<Reply, ApiErr
             ))
         }
     };
-    let (spec, values) = state.catalogue.build(id, &params).map_err(|e| match e {
+    // One catalogue for the whole request, whatever a reload does meanwhile.
+    let catalogue = state.catalogue.get();
+    let (spec, values) = catalogue.build(id, &params).map_err(|e| match e {
         BuildError::NotFound => module_not_found(id),
         BuildError::Invalid(why) => ApiError::validation(why),
     })?;
-    let name = state.catalogue.modules[id].name.clone();
+    let name = catalogue.modules[id].name.clone();
     let spec = spec
         .label(MODULE_NAME_LABEL, name)
         .label(PARAMETERS_LABEL, json!(values).to_string());

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// Where runs and their logs are kept (`runs/{run_id}.json`, `.jsonl`). Defaults to
     /// `./runstream-data`.
     pub data_dir: PathBuf,
+    /// The catalogue file that a reload ([`Server::reload_modules`](super::Server::reload_modules),
+    /// SIGHUP, `POST /api/modules/reload`) reads again. Defaults to `None`: nothing to
+    /// reload.
+    pub modules_file: Option<PathBuf>,
     /// How often an idle SSE stream gets a `: keep-alive` comment. Defaults to 15 s.
     pub keep_alive: Duration,
     /// Most SSE connections at once; more get 503. Defaults to 512.
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
             allow_commands: false,
             cors_origin: None,
             data_dir: PathBuf::from("runstream-data"),
+            modules_file: None,
             keep_alive: Duration::from_secs(15),
             max_sse_clients: 512,
             max_body_bytes: 1024 * 1024,
@@ -78,6 +83,7 @@ mod tests {
             (None, false, None)
         );
         assert_eq!(c.data_dir, PathBuf::from("runstream-data"));
+        assert_eq!(c.modules_file, None);
         assert_eq!(c.keep_alive, Duration::from_secs(15));
         assert_eq!(c.max_sse_clients, 512);
         assert_eq!(c.max_body_bytes, 1 << 20);

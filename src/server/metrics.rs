@@ -126,7 +126,7 @@ pub fn system_stats(state: &AppState) -> Value {
     let self_status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     json!({
         "runs": {"total": t.by_state.values().sum::<u64>(), "by_status": t.by_state, "active": live, "queued": queued},
-        "modules": state.catalogue.modules.len(),
+        "modules": state.catalogue.get().modules.len(),
         "sse_clients": state.sse_clients.load(Ordering::SeqCst),
         "output": {"entries_captured": t.entries, "bytes_captured": t.bytes, "lines_dropped": t.dropped, "ring_bytes": t.retained_bytes},
         "cpu": {"count": std::thread::available_parallelism().map_or(1, |n| n.get()), "load_average": loadavg},

@@ -20,6 +20,7 @@ mod auth;
 mod config;
 mod download;
 mod http;
+mod live_catalogue;
 mod metrics;
 mod modules;
 mod run_json;
@@ -35,10 +36,12 @@ use std::time::{Duration, Instant};
 
 pub use config::ServerConfig;
 pub use http::ApiError;
+pub use live_catalogue::{ReloadError, ReloadReport};
 pub use modules::{BuildError, Catalogue, Module, ParamType, Parameter};
 pub use run_json::run_json;
 
 use crate::Engine;
+use live_catalogue::LiveCatalogue;
 
 /// Longest request line or header line: 414 or 431 beyond (a URL with a token and a
 /// query fits many times over).
@@ -49,7 +52,7 @@ const MAX_HEADERS: usize = 100;
 /// What every request handler shares.
 pub(crate) struct AppState {
     engine: Arc<Engine>,
-    catalogue: Catalogue,
+    catalogue: LiveCatalogue,
     config: ServerConfig,
     started: Instant,
     sse_clients: AtomicUsize,
@@ -111,7 +114,7 @@ impl Server {
         let http = Arc::new(http);
         let state = Arc::new(AppState {
             engine,
-            catalogue,
+            catalogue: LiveCatalogue::new(catalogue, config.modules_file.clone()),
             config,
             started: Instant::now(),
             sse_clients: AtomicUsize::new(0),
@@ -140,6 +143,17 @@ impl Server {
     /// The engine it serves.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.state.engine
+    }
+
+    /// Reads the modules file (`ServerConfig::modules_file`) again and serves the new
+    /// catalogue from now on; `SIGHUP` to `runstream serve` and `POST /api/modules/reload`
+    /// call this. Nothing that runs is touched: live and queued runs keep the spec they
+    /// were submitted with (a removed module's runs go on), and only runs started
+    /// afterwards see new or changed modules. When the file cannot be read or checked,
+    /// the old catalogue stays and the error says why (it is also logged and shown in
+    /// `/api/health` until a reload succeeds).
+    pub fn reload_modules(&self) -> Result<ReloadReport, ReloadError> {
+        self.state.catalogue.reload()
     }
 
     /// Open SSE streams now.

@@ -19,7 +19,7 @@ pub struct Catalogue {
 }
 
 /// One runnable module: a program, its argv template and its parameters.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Module {
     /// Display name.
@@ -53,7 +53,7 @@ pub struct Module {
 }
 
 /// A parameter's type and constraints.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Parameter {
     /// `integer`, `number`, `string` or `boolean`.

@@ -6,6 +6,7 @@ mod args;
 mod client;
 mod gpu_command;
 mod printer;
+mod reload_requests;
 mod run_command;
 mod serve_args;
 mod serve_command;

@@ -19,7 +19,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_bind,
           default_value_t = ServerConfig::default().bind)]
     bind: SocketAddr,
-    /// Module catalogue (JSON)
+    /// Module catalogue (JSON); SIGHUP or POST /api/modules/reload reads it again
+    /// without stopping any run
     #[arg(long, value_name = "FILE")]
     modules: Option<PathBuf>,
     /// Runs and their logs (DIR/runs/{run_id}.json, .jsonl)
@@ -79,6 +80,7 @@ impl ServeArgs {
             max_sse_clients: self.max_sse_clients,
             max_connections: self.max_connections.max(1),
             data_dir: data_dir.clone(),
+            modules_file: self.modules.clone(),
             ..ServerConfig::default()
         };
         let engine = EngineConfig {
@@ -157,6 +159,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.bind, "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.modules, Some(PathBuf::from("m.json")));
+        assert_eq!(
+            c.server.modules_file, c.modules,
+            "reloads read the same file"
+        );
         assert_eq!(c.engine.log_dir, Some(PathBuf::from("/d/runs")));
         assert_eq!(c.server.token.as_deref(), Some("t"));
         assert!(c.server.allow_commands);

@@ -8,7 +8,7 @@ use runstream::server::{Catalogue, Server};
 use runstream::Engine;
 
 use crate::serve_args::ServeArgs;
-use crate::stop_requests;
+use crate::{reload_requests, stop_requests};
 
 /// Serves until a signal; returns the exit status.
 pub fn run(args: ServeArgs) -> i32 {
@@ -39,6 +39,13 @@ pub fn run(args: ServeArgs) -> i32 {
             return 1;
         }
     };
+    let reload_rx = match reload_requests::listen() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runstream: cannot handle SIGHUP: {e}");
+            return 1;
+        }
+    };
     #[cfg(unix)]
     raise_open_file_limit();
     let open_to_any_site =
@@ -59,6 +66,16 @@ pub fn run(args: ServeArgs) -> i32 {
             "--cors-origin * without --token: any web site a visitor of this machine opens \
              can use this API through their browser"
         );
+    }
+
+    {
+        // The outcome (what changed, or why the old catalogue stays) is logged by the reload.
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || {
+            for () in reload_rx {
+                let _ = server.reload_modules();
+            }
+        });
     }
 
     if signal_rx.recv().is_err() {

@@ -14,9 +14,14 @@ pub const GRACEFUL: &str = "CTRL_BREAK";
 #[cfg(unix)]
 pub fn listen() -> Result<Receiver<()>, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    use signal_hook::iterator::Signals;
+    signal_channel(&[SIGINT, SIGTERM])
+}
 
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+/// One message on the receiver for every one of `signals` from now on (their default
+/// actions no longer happen).
+#[cfg(unix)]
+pub fn signal_channel(signals: &[libc::c_int]) -> Result<Receiver<()>, String> {
+    let mut signals = signal_hook::iterator::Signals::new(signals).map_err(|e| e.to_string())?;
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
         for _ in signals.forever() {
