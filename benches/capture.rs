@@ -22,6 +22,9 @@
 //! - (d) a Python loop printing 200 000 lines through `runstream run --json` (stdout to
 //!   /dev/null) vs the same Python command straight to /dev/null.
 //! - (e) memory after (a): the run's retained entries/bytes, and VmHWM/VmRSS.
+//! - (f) metric extraction: 1 000 000 log lines without metrics (timestamps, `:`), then
+//!   as many with four metrics each (`step=… loss=… acc=… lr=…`), `cat` from a file through
+//!   the engine with `extract_metrics` on vs off (the baseline, interleaved).
 
 use std::fmt::Write as _;
 use std::io::Read;
@@ -654,6 +657,76 @@ fn case_d_python(plan: &Plan, table: &mut Table) {
     ));
 }
 
+fn case_f_metrics(plan: &Plan, table: &mut Table) {
+    let n = plan.short_lines;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kinds = [
+        (
+            "f no metrics",
+            "log lines without metrics",
+            "2026-11-29 12:00:01 INFO worker 3: batch {i} done in 12 ms (queue empty)",
+        ),
+        (
+            "f 4 metrics",
+            "lines with 4 metrics",
+            "step={i} loss=0.{i} acc=0.97 lr=1e-4",
+        ),
+    ];
+    for (case, what, template) in kinds {
+        eprintln!("(f) {n} {what}, extraction off vs on");
+        let file = dir.path().join(format!("{}.txt", case.replace(' ', "_")));
+        let mut text = String::with_capacity(n as usize * 64);
+        for i in 0..n {
+            text.push_str(&template.replace("{i}", &i.to_string()));
+            text.push('\n');
+        }
+        std::fs::write(&file, text).expect("write lines");
+        let through = |extract_metrics: bool| {
+            let logs = tempfile::tempdir().expect("temp dir");
+            let engine = Engine::new(EngineConfig {
+                log_dir: Some(logs.path().to_path_buf()),
+                extract_metrics,
+                ..EngineConfig::default()
+            });
+            let (sample, run) = measure(|| {
+                let run = engine
+                    .submit(RunSpec::new("cat").arg(&file))
+                    .expect("submit");
+                assert_eq!(run.wait().status, RunState::Completed);
+                run
+            });
+            assert_eq!(run.capture().stats().entries, n + 1);
+            let values: u64 = run.metrics().iter().map(|s| s.count).sum();
+            (sample, values)
+        };
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        let mut found = 0;
+        for _ in 0..plan.reps {
+            off.push(through(false).0);
+            let (sample, values) = through(true);
+            on.push(sample);
+            found = values;
+        }
+        let (off, on) = (median(&off), median(&on));
+        let lines_per_s = |s: Sample| format!("{} lines/s", fmt_count(per_sec(n as f64, s.wall)));
+        table.add(
+            case,
+            &format!("{n} {what}, extraction off"),
+            off,
+            None,
+            lines_per_s(off),
+        );
+        table.add(case, "same, extraction on", on, Some(off), lines_per_s(on));
+        table.note(format!(
+            "({case}) extraction on / off: wall {:.2}×, engine-process CPU {:.2}× \
+             ({:.0} ns of CPU per line more); {found} metric values found",
+            on.wall.as_secs_f64() / off.wall.as_secs_f64(),
+            on.cpu_self.as_secs_f64() / off.cpu_self.as_secs_f64(),
+            (on.cpu_self.as_secs_f64() - off.cpu_self.as_secs_f64()) * 1e9 / n as f64,
+        ));
+    }
+}
+
 /// The 1-, 5- and 15-minute load averages.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -686,6 +759,9 @@ fn main() {
     }
     if wanted("d") {
         case_d_python(&plan, &mut table);
+    }
+    if wanted("f") {
+        case_f_metrics(&plan, &mut table);
     }
     table.note(format!(
         "total bench wall time {:.1} s; /proc/loadavg before: {load_before}, after: {} \

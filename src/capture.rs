@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::logfile::{LogLocator, INDEX_EVERY};
+use crate::metrics::{Joiner, MetricRules, MetricSeries, SeriesSet};
 use crate::{Entry, RunStatus};
 
 /// Most entries one `Subscription::next` call hands out, so one call never holds the lock
@@ -108,6 +109,8 @@ pub struct OutputCapture {
     cache_id: u64,
     /// Where each announced status is saved (`{run_id}.json`), when there is a log dir.
     status_file: Option<PathBuf>,
+    /// How metrics are found in entries read back from the log.
+    metric_rules: MetricRules,
 }
 
 #[derive(Debug)]
@@ -129,6 +132,10 @@ struct CaptureState {
     dropped: u64,
     /// Bumped on every GPU memory change, so subscribers notice one.
     gpu_version: u64,
+    /// The run's metric series.
+    series: SeriesSet,
+    /// The series are still to be read from the log (a run loaded after a restart).
+    series_in_log: bool,
 }
 
 impl CaptureState {
@@ -155,10 +162,18 @@ impl OutputCapture {
         if let Some(path) = &status_file {
             crate::logfile::save_status(path, &status);
         }
+        let metric_rules = MetricRules::new(&status.metric_patterns).unwrap_or_else(|e| {
+            log::warn!(
+                "run {}: {e}; using the built-in formats only",
+                status.run_id
+            );
+            MetricRules::default()
+        });
         static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         OutputCapture {
             cache_id: NEXT_CACHE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             status_file,
+            metric_rules,
             state: Mutex::new(CaptureState {
                 entries: VecDeque::new(),
                 retained_bytes: 0,
@@ -173,6 +188,8 @@ impl OutputCapture {
                 bytes_captured: 0,
                 dropped: 0,
                 gpu_version: 0,
+                series: SeriesSet::default(),
+                series_in_log: false,
             }),
             changed: Condvar::new(),
         }
@@ -190,6 +207,7 @@ impl OutputCapture {
             s.log_end = (total > entries).then_some(entries);
             s.log = Some(log);
             s.finished = true;
+            s.series_in_log = true;
         }
         capture
     }
@@ -217,6 +235,9 @@ impl OutputCapture {
             debug_assert_eq!(entry.seq, s.next_seq);
             s.next_seq = entry.seq + 1;
             s.bytes_captured += entry.message.len() as u64;
+            if !entry.metrics().is_empty() {
+                s.series.record(&entry);
+            }
             s.retained_bytes += entry.size_in_memory();
             s.entries.push_back(Arc::new(entry));
         }
@@ -338,6 +359,29 @@ impl OutputCapture {
         }
     }
 
+    /// The run's metric series. For a run loaded after a restart they are read from its
+    /// log the first time they are asked for.
+    pub fn metrics(&self) -> Vec<MetricSeries> {
+        let (in_log, next_seq) = {
+            let s = self.lock();
+            (s.series_in_log, s.next_seq)
+        };
+        if in_log {
+            let mut series = SeriesSet::default();
+            let mut cursor = 0;
+            while cursor < next_seq {
+                let (batch, _) = self.read(cursor, MAX_BATCH);
+                let Some(last) = batch.last() else { break };
+                cursor = last.seq + 1;
+                batch.iter().for_each(|e| series.record(e));
+            }
+            let mut s = self.lock();
+            s.series = series;
+            s.series_in_log = false;
+        }
+        self.lock().series.series().to_vec()
+    }
+
     /// Blocks until the run is finished or `deadline` passes; returns the final status.
     pub fn wait_finished(&self, deadline: Option<Instant>) -> Option<RunStatus> {
         let mut s = self.lock();
@@ -408,22 +452,18 @@ impl OutputCapture {
         let block_start = from - from % INDEX_EVERY;
         let block_end = block_start + INDEX_EVERY;
         if block_end > on_disk {
-            return Ok(log
-                .read(from, to, MAX_BATCH)?
-                .into_iter()
-                .map(Arc::new)
-                .collect());
+            let mut entries = log.read(from, to, MAX_BATCH)?;
+            Joiner::default().attach(&self.metric_rules, &mut entries);
+            return Ok(entries.into_iter().map(Arc::new).collect());
         }
         let key = (self.cache_id, block_start);
         let cached = cold_blocks().get(key);
         let block = match cached {
             Some(block) => block,
             None => {
-                let block: Block = log
-                    .read(block_start, block_end, INDEX_EVERY as usize)?
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect();
+                let mut entries = log.read(block_start, block_end, INDEX_EVERY as usize)?;
+                Joiner::default().attach(&self.metric_rules, &mut entries);
+                let block: Block = entries.into_iter().map(Arc::new).collect();
                 if block.len() as u64 != INDEX_EVERY {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -559,7 +599,7 @@ impl Subscription {
 
     /// Waits up to `timeout` for something new: entries, a gap, a status change, or the end.
     pub fn next(&mut self, timeout: Duration) -> Next {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         let mut s = self.capture.lock();
         loop {
             // Status changes come in their place: after the entries captured before them.

@@ -54,6 +54,8 @@ pub struct EngineConfig {
     /// How often GPUs are sampled while runs are live or wait for GPU memory. Defaults to
     /// 1 s.
     pub gpu_sample_interval: Duration,
+    /// Whether metrics are read from the output (see [`crate::metrics`]). Defaults to true.
+    pub extract_metrics: bool,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +72,7 @@ impl Default for EngineConfig {
             partial_flush: Duration::from_millis(100),
             gpu_source: None,
             gpu_sample_interval: Duration::from_secs(1),
+            extract_metrics: true,
         }
     }
 }
@@ -92,5 +95,6 @@ mod tests {
         assert_eq!(c.partial_flush, Duration::from_millis(100));
         assert!(c.gpu_source.is_none());
         assert_eq!(c.gpu_sample_interval, Duration::from_secs(1));
+        assert!(c.extract_metrics);
     }
 }

@@ -12,6 +12,7 @@ use crossbeam_channel::{unbounded, Sender};
 
 use crate::admission::Admission;
 use crate::capture::{OutputCapture, Subscription};
+use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::run::{self, Control, RunContext, StopReason};
 use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
@@ -68,7 +69,7 @@ impl fmt::Display for SubmitError {
         match self {
             SubmitError::ShuttingDown => write!(f, "the engine is shutting down"),
             SubmitError::InvalidSpec(why) => write!(f, "invalid run spec: {why}"),
-            SubmitError::Thread(_) => write!(f, "could not start the run's thread"),
+            SubmitError::Thread(e) => write!(f, "cannot create a thread for the run: {e}"),
         }
     }
 }
@@ -86,7 +87,7 @@ impl Engine {
     /// An engine with `config`. Starts no thread until a run is submitted.
     pub fn new(config: EngineConfig) -> Engine {
         if let Some(dir) = &config.log_dir {
-            if let Err(e) = std::fs::create_dir_all(dir) {
+            if let Err(e) = crate::logfile::create_private_dir(dir) {
                 log::error!("cannot create log directory {}: {e}", dir.display());
             }
         }
@@ -149,6 +150,7 @@ impl Engine {
             exit_code: None,
             signal: None,
             error_message: None,
+            spawn_error: None,
             // Set by the admission queue while the run waits.
             waiting_for: None,
             progress_percent: None,
@@ -159,6 +161,7 @@ impl Engine {
             gpu_utilization_percent: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
+            metric_patterns: spec.metric_patterns.clone(),
         };
         let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
         let capture = Arc::new(OutputCapture::new(
@@ -276,7 +279,7 @@ impl Engine {
                 let _ = run.inner.control.send(Control::Stop(StopReason::Shutdown));
             }
         }
-        let until = Instant::now() + deadline;
+        let until = deadline::after(deadline);
         let mut all_done = true;
         for run in &runs {
             if run.capture().wait_finished(Some(until)).is_none() {
@@ -296,7 +299,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let grace = self.config.default_grace;
-        self.shutdown(grace + Duration::from_secs(1));
+        self.shutdown(grace.saturating_add(Duration::from_secs(1)));
         self.gpu.stop();
     }
 }
@@ -364,6 +367,12 @@ impl RunHandle {
         &self.inner.capture
     }
 
+    /// The run's metric series so far (live while it runs; read from its log for a run
+    /// loaded after a restart). See [`crate::metrics`].
+    pub fn metrics(&self) -> Vec<crate::metrics::MetricSeries> {
+        self.inner.capture.metrics()
+    }
+
     /// Follows the run's output and status from `from` on.
     pub fn subscribe(&self, from: From) -> Subscription {
         OutputCapture::subscribe(&self.inner.capture, from)
@@ -418,7 +427,7 @@ impl RunHandle {
     pub fn wait_timeout(&self, timeout: Duration) -> Option<RunStatus> {
         self.inner
             .capture
-            .wait_finished(Some(Instant::now() + timeout))
+            .wait_finished(Some(deadline::after(timeout)))
     }
 }
 

@@ -195,6 +195,8 @@ pub struct Entry {
     /// How the line ended.
     pub end: LineEnd,
     json: Box<str>,
+    /// Numbers read from the line (empty for most lines); see [`Entry::metrics`].
+    metrics: Box<[crate::metrics::Metric]>,
 }
 
 impl Entry {
@@ -216,6 +218,7 @@ impl Entry {
             message,
             end,
             json,
+            metrics: Box::default(),
         }
     }
 
@@ -251,12 +254,32 @@ impl Entry {
             message: w.message,
             end: w.end,
             json: line.trim_end().into(),
+            metrics: Box::default(),
         })
+    }
+
+    /// The metrics read from this line (`loss=0.12`, `loss: 0.12`, `{'loss': 0.12}`, or
+    /// the run's own patterns): empty for most lines, and for the pieces of a line that
+    /// arrives in parts (its metrics come on the entry that ends it). Not part of the
+    /// entry's JSON; SSE sends them as `metric` events.
+    pub fn metrics(&self) -> &[crate::metrics::Metric] {
+        &self.metrics
+    }
+
+    pub(crate) fn set_metrics(&mut self, metrics: Box<[crate::metrics::Metric]>) {
+        self.metrics = metrics;
     }
 
     /// Bytes this entry holds in memory, for the ring's byte cap.
     pub fn size_in_memory(&self) -> usize {
-        std::mem::size_of::<Entry>() + self.message.len() + self.json.len()
+        std::mem::size_of::<Entry>()
+            + self.message.len()
+            + self.json.len()
+            + self
+                .metrics
+                .iter()
+                .map(|m| m.size_in_memory())
+                .sum::<usize>()
     }
 }
 
@@ -308,6 +331,7 @@ fn parse_own_encoding(line: &str) -> Option<Entry> {
         message,
         end,
         json: line.into(),
+        metrics: Box::default(),
     })
 }
 
@@ -398,10 +422,15 @@ fn encode(
     })
 }
 
-/// Whether serde_json would escape any byte of `text` (`"`, `\\`, below 0x20). Tests
-/// 16-byte blocks without branching, which the compiler vectorises.
+/// Whether serde_json would escape any byte of `text` (`"`, `\\`, below 0x20).
 fn needs_escape(text: &[u8]) -> bool {
-    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    any_byte(text, |b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// Whether any byte of `text` is `special`. Tests 16-byte blocks without branching, which
+/// the compiler vectorises (this runs on every captured line).
+#[inline]
+pub(crate) fn any_byte(text: &[u8], special: impl Fn(u8) -> bool) -> bool {
     let blocks = text.chunks_exact(16);
     let tail = blocks.remainder();
     for block in blocks {

@@ -42,15 +42,18 @@
 mod admission;
 mod capture;
 mod config;
+mod deadline;
 mod engine;
 mod entry;
 pub mod gpu;
 mod lines;
 mod logfile;
+pub mod metrics;
 mod process;
 mod run;
 #[cfg(feature = "server")]
 pub mod server;
+mod spawn_error;
 mod spec;
 mod status;
 mod timestamp;
@@ -65,6 +68,8 @@ pub use config::EngineConfig;
 pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
+pub use process::raise_open_file_limit;
+pub use spawn_error::SpawnErrorKind;
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};
 pub use timestamp::Timestamp;

@@ -101,9 +101,32 @@ impl LineSplitter {
         self.cut_long_pending(out);
     }
 
-    /// Hands out whatever is pending as a line: a held-back `\r` ends a `cr` line,
-    /// anything else becomes a `none` piece. Used when the child goes quiet and at EOF.
+    /// Hands out what is pending as a line, because the child went quiet: a held-back `\r`
+    /// ends a `cr` line, other text becomes a `none` piece. The first bytes of a character
+    /// whose other bytes have not come yet (a child may pause in the middle of one) stay
+    /// pending, at most 3 of them: decoded now, they would become U+FFFD, and the rest
+    /// would too when it came. The next read or [`LineSplitter::finish`] takes them.
     pub fn flush(&mut self, out: &mut Vec<Line>) {
+        if std::mem::take(&mut self.pending_cr) {
+            self.emit_pending(LineEnd::Cr, out);
+            return;
+        }
+        let keep = incomplete_char_len(&self.pending);
+        if keep == 0 {
+            self.emit_pending(LineEnd::None, out);
+            return;
+        }
+        let mut tail = [0u8; 3];
+        let cut = self.pending.len() - keep;
+        tail[..keep].copy_from_slice(&self.pending[cut..]);
+        self.pending.truncate(cut);
+        self.emit_pending(LineEnd::None, out);
+        self.pending.extend_from_slice(&tail[..keep]);
+    }
+
+    /// Hands out everything pending, at end of file: like [`LineSplitter::flush`], but an
+    /// unfinished character is decoded as it is (U+FFFD): no more bytes will come.
+    pub fn finish(&mut self, out: &mut Vec<Line>) {
         let end = if std::mem::take(&mut self.pending_cr) {
             LineEnd::Cr
         } else {
@@ -181,6 +204,21 @@ fn find_break(data: &[u8]) -> Option<usize> {
         .map(|p| from + p)
 }
 
+/// How many bytes at the end of `text` (0 to 3) are the start of a UTF-8 character whose
+/// other bytes are still to come.
+fn incomplete_char_len(text: &[u8]) -> usize {
+    // A character is at most 4 bytes: its start is among the last 3 (else it is complete).
+    let from = text.len().saturating_sub(3);
+    let Some(start) = (from..text.len()).rev().find(|&i| (text[i] & 0xC0) != 0x80) else {
+        return 0;
+    };
+    match std::str::from_utf8(&text[start..]) {
+        // `error_len() == None`: valid so far, cut short by the end of the input.
+        Err(e) if e.valid_up_to() == 0 && e.error_len().is_none() => text.len() - start,
+        _ => 0,
+    }
+}
+
 /// The largest cut point ≤ `max` that does not split a UTF-8 character (falls back to
 /// `max` for text that is not UTF-8 there).
 fn char_boundary(text: &[u8], max: usize) -> usize {
@@ -210,7 +248,7 @@ mod tests {
         for p in pieces {
             s.push(p, &mut out);
         }
-        s.flush(&mut out);
+        s.finish(&mut out);
         out.into_iter().map(|l| (l.message, l.end)).collect()
     }
 
@@ -358,5 +396,49 @@ mod tests {
             split_all(&[b"abcdefgh\r", b"x\n"], 4),
             lines(&[("abcd", Cut), ("efgh", Cr), ("x", Lf)])
         );
+    }
+
+    /// Issue 16.1: a child that pauses in the middle of a character (`ab` and the first
+    /// two bytes of 😀, then the rest and `cd\n`) gets `ab` and `😀cd`, not U+FFFDs.
+    #[test]
+    fn a_quiet_flush_keeps_an_unfinished_character_for_the_next_read() {
+        let emoji = "😀".as_bytes();
+        for split in 1..emoji.len() {
+            let mut s = LineSplitter::new(100);
+            let mut out = Vec::new();
+            let mut first = b"ab".to_vec();
+            first.extend_from_slice(&emoji[..split]);
+            s.push(&first, &mut out);
+            s.flush(&mut out); // the child went quiet
+            assert!(s.has_pending());
+            let mut rest = emoji[split..].to_vec();
+            rest.extend_from_slice(b"cd\n");
+            s.push(&rest, &mut out);
+            let got: Vec<_> = out.into_iter().map(|l| (l.message, l.end)).collect();
+            assert_eq!(got, lines(&[("ab", Cut), ("😀cd", Lf)]), "split at {split}");
+        }
+        // Only an unfinished character: nothing goes out yet, and nothing is lost.
+        let mut s = LineSplitter::new(100);
+        let mut out = Vec::new();
+        s.push("é".as_bytes().split_at(1).0, &mut out);
+        s.flush(&mut out);
+        assert!(out.is_empty());
+        s.push(b"\xa9!\n", &mut out);
+        assert_eq!(out[0].message, "é!");
+        // At EOF what is left is decoded as it is; invalid bytes are not held back.
+        assert_eq!(
+            split_all(&[b"ab\xf0\x9f"], 100),
+            lines(&[("ab\u{fffd}", Cut)])
+        );
+        let mut s = LineSplitter::new(100);
+        let mut out = Vec::new();
+        s.push(b"x\xff", &mut out);
+        s.flush(&mut out);
+        assert_eq!(out[0].message, "x\u{fffd}");
+        assert!(!s.has_pending());
+        assert_eq!(incomplete_char_len(b"\xe2\x82"), 2);
+        assert_eq!(incomplete_char_len("€".as_bytes()), 0);
+        assert_eq!(incomplete_char_len(b"\x82\x82\x82"), 0);
+        assert_eq!(incomplete_char_len(b""), 0);
     }
 }

@@ -23,7 +23,7 @@ pub(crate) struct LogWriter {
 impl LogWriter {
     /// Creates (truncates) the log file.
     pub fn create(path: PathBuf) -> io::Result<LogWriter> {
-        let file = File::create(&path)?;
+        let file = create_private(&path)?;
         Ok(LogWriter {
             path,
             out: BufWriter::with_capacity(256 * 1024, file),
@@ -124,13 +124,33 @@ pub(crate) fn read_range(
     Ok(out)
 }
 
+/// Creates (or truncates) a file that only its owner may read or write (0600 on unix): a
+/// run's files hold its output and its parameters, environment values included.
+fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Creates `dir` and its missing parents; those it creates only their owner may enter
+/// (0700 on unix). An existing directory keeps its mode: it may be shared on purpose.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Saves a run's status as `{run_id}.json`: written to a temporary file and renamed, so
 /// a crash never leaves half a file. Failures are logged, not fatal: the run goes on.
 pub(crate) fn save_status(path: &Path, status: &RunStatus) {
     let tmp = path.with_extension("json.tmp");
     let written = serde_json::to_vec_pretty(status)
         .map_err(io::Error::from)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|bytes| create_private(&tmp)?.write_all(&bytes))
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         log::error!("cannot save run status {}: {e}", path.display());

@@ -12,9 +12,12 @@ use shared_child::SharedChild;
 
 use crate::admission::{Admission, Ticket};
 use crate::capture::OutputCapture;
+use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::logfile::LogWriter;
+use crate::metrics::{Joiner, MetricRules};
 use crate::process::{self, Signal};
+use crate::spawn_error::SpawnError;
 use crate::{
     EngineConfig, Entry, Level, Line, LineEnd, LineSplitter, RunSpec, RunState, Stream, Timestamp,
 };
@@ -208,16 +211,22 @@ fn run(ctx: RunContext) {
             ctx.gpu
                 .track(ticket.id, &spawned.group, &ctx.run_id, &ctx.capture);
             // The supervisor untracks the run from the GPU monitor as it finishes.
-            Supervisor::new(&ctx, spawned, out).run();
+            let (stdout, stderr) = (spawned.stdout, spawned.stderr);
+            let mut supervisor = Supervisor::new(&ctx, spawned.child, spawned.group, out);
+            match supervisor.start_threads(stdout, stderr) {
+                Ok(()) => supervisor.run(),
+                Err(e) => supervisor.fail_setup(e),
+            }
         }
-        Err(message) => {
+        Err(e) => {
             ctx.gpu.cancel_reservation(ticket.id);
-            out.system(Level::Error, format!("failed to start: {message}"));
+            out.system(Level::Error, format!("failed to start: {}", e.message));
             ctx.capture.finish(|s| {
                 s.status = RunState::Failed;
                 s.waiting_for = None;
                 s.started_at = started_at;
-                s.error_message = Some(message);
+                s.error_message = Some(e.message);
+                s.spawn_error = Some(e.kind);
                 s.completed_at = Some(Timestamp::now());
             });
         }
@@ -241,6 +250,10 @@ struct Output {
     open_line_level: [Option<Level>; 2],
     /// The latest entry's timestamp: entries' timestamps never decrease.
     last_timestamp: Timestamp,
+    /// How metrics are found in the run's lines (`None`: they are not looked for), and
+    /// the lines in pieces being joined.
+    metric_rules: Option<MetricRules>,
+    metric_lines: Joiner,
 }
 
 impl Output {
@@ -257,6 +270,12 @@ impl Output {
             progress: None,
             open_line_level: [None, None],
             last_timestamp: Timestamp::from_micros(i64::MIN),
+            // The spec was validated at submit: its patterns compile.
+            metric_rules: ctx
+                .config
+                .extract_metrics
+                .then(|| MetricRules::new(&ctx.spec.metric_patterns).unwrap_or_default()),
+            metric_lines: Joiner::default(),
         }
     }
 
@@ -280,15 +299,32 @@ impl Output {
         if let Some(p) = progress_percent(&line.message, line.end) {
             self.progress = Some(p);
         }
-        self.push(stream, level, line.message, line.end, timestamp);
+        let mut entry = Entry::new(
+            self.next_seq,
+            self.monotonic(timestamp),
+            stream,
+            level,
+            line.message,
+            line.end,
+        );
+        if let Some(rules) = &self.metric_rules {
+            let metrics =
+                self.metric_lines
+                    .metrics(rules, stream, &entry.message, entry.end, entry.seq);
+            entry.set_metrics(metrics);
+        }
+        self.push(entry);
     }
 
-    fn push(&mut self, stream: Stream, level: Level, message: String, end: LineEnd, ts: Timestamp) {
-        // Read times order one batch; a chunk read before the previous batch's (its
-        // reader was descheduled before sending) still never goes back in time.
-        let ts = ts.max(self.last_timestamp);
-        self.last_timestamp = ts;
-        let entry = Entry::new(self.next_seq, ts, stream, level, message, end);
+    /// `ts`, or the previous entry's timestamp if that is later: read times order one
+    /// batch, and a chunk read before the previous batch's (its reader was descheduled
+    /// before sending) still never goes back in time.
+    fn monotonic(&mut self, ts: Timestamp) -> Timestamp {
+        self.last_timestamp = ts.max(self.last_timestamp);
+        self.last_timestamp
+    }
+
+    fn push(&mut self, entry: Entry) {
         self.batch_bytes += entry.size_in_memory();
         self.batch.push(entry);
         self.next_seq += 1;
@@ -302,13 +338,16 @@ impl Output {
     /// Adds one of the engine's own entries and sends it on at once.
     fn system(&mut self, level: Level, message: String) {
         log::debug!("{}: {message}", self.run_id);
-        self.push(
+        let now = self.monotonic(Timestamp::now());
+        let entry = Entry::new(
+            self.next_seq,
+            now,
             Stream::System,
             level,
             message,
             LineEnd::Lf,
-            Timestamp::now(),
         );
+        self.push(entry);
         self.commit();
     }
 
@@ -428,51 +467,31 @@ struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(ctx: &'a RunContext, spawned: process::Spawned, out: Output) -> Supervisor<'a> {
-        let pid = spawned.pid;
-        let child = Arc::new(spawned.child);
-        let (input_tx, input) = bounded(INPUT_CAPACITY);
-        let (stopper, watch) = match process::read_stopper() {
-            Ok((s, w)) => (Some(s), Some(w)),
-            Err(e) => {
-                log::error!("cannot create a stop pipe, readers cannot be interrupted: {e}");
-                (None, None)
-            }
-        };
-        spawn_reader(
-            Stream::Stdout,
-            spawned.stdout,
-            watch.as_ref(),
-            input_tx.clone(),
-        );
-        spawn_reader(Stream::Stderr, spawned.stderr, watch.as_ref(), input_tx);
-        let (exit_tx, exited) = bounded(1);
-        let waiter_child = Arc::clone(&child);
-        let waiter = thread::Builder::new()
-            .name(format!("runstream-wait-{pid}"))
-            .spawn(move || {
-                let _ = exit_tx.send(waiter_child.wait());
-            });
-        if let Err(e) = waiter {
-            log::error!("cannot start the waiter thread for pid {pid}: {e}");
-        }
+    /// A supervisor for a child that was just spawned. Nothing watches it yet: see
+    /// [`Supervisor::start_threads`].
+    fn new(
+        ctx: &'a RunContext,
+        child: SharedChild,
+        group: process::ProcessGroup,
+        out: Output,
+    ) -> Supervisor<'a> {
         let max_line = ctx.config.max_line_bytes;
         Supervisor {
             ctx,
             out,
-            group: spawned.group.clone(),
-            child,
+            group,
+            child: Arc::new(child),
             grace: ctx.spec.grace.unwrap_or(ctx.config.default_grace),
             splitters: [LineSplitter::new(max_line), LineSplitter::new(max_line)],
             flush_at: [None, None],
             pending_since: [None, None],
-            input,
-            exited,
+            input: never(),
+            exited: never(),
             control: ctx.control.clone(),
             open_streams: 2,
-            stopper,
+            stopper: None,
             stop_reason: None,
-            timeout_at: ctx.spec.timeout.map(|t| Instant::now() + t),
+            timeout_at: ctx.spec.timeout.map(deadline::after),
             kill_at: None,
             killed_at: None,
             exit: None,
@@ -480,6 +499,65 @@ impl<'a> Supervisor<'a> {
             group_poll_at: None,
             finished: false,
         }
+    }
+
+    /// Starts what watches the child: the stop pipe, a reader thread per pipe, and the
+    /// waiter thread (last: once it runs, only it may reap the child). Fails when the
+    /// system cannot make one of them (`RLIMIT_NPROC`, out of descriptors); the caller
+    /// then calls [`Supervisor::fail_setup`].
+    fn start_threads(
+        &mut self,
+        stdout: os_pipe::PipeReader,
+        stderr: os_pipe::PipeReader,
+    ) -> Result<(), SpawnError> {
+        let (stopper, watch) = process::read_stopper()
+            .map_err(|e| SpawnError::resources("cannot create a pipe", &e))?;
+        self.stopper = Some(stopper);
+        let (input_tx, input) = bounded(INPUT_CAPACITY);
+        self.input = input;
+        let thread_error = |e: std::io::Error| SpawnError::resources("cannot create a thread", &e);
+        spawn_reader(Stream::Stdout, stdout, &watch, input_tx.clone()).map_err(thread_error)?;
+        spawn_reader(Stream::Stderr, stderr, &watch, input_tx).map_err(thread_error)?;
+        let (exit_tx, exited) = bounded(1);
+        let waiter_child = Arc::clone(&self.child);
+        thread::Builder::new()
+            .name(format!("runstream-wait-{}", self.group.id()))
+            .spawn(move || {
+                let _ = exit_tx.send(waiter_child.wait());
+            })
+            .map_err(thread_error)?;
+        self.exited = exited;
+        Ok(())
+    }
+
+    /// The child exists but cannot be watched: it is killed with its group and reaped
+    /// here (no waiter thread runs), and the run fails with the reason. Left alone it
+    /// would run unwatched, its output lost, and stay a zombie of this process for ever.
+    fn fail_setup(mut self, e: SpawnError) {
+        self.finished = true;
+        let _ = self.group.signal(Signal::Kill);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Readers already started see EOF (the child is gone) or the stop pipe close.
+        #[allow(clippy::drop_non_drop)]
+        drop(self.stopper.take());
+        log::error!("run {}: failed to start: {}", self.ctx.run_id, e.message);
+        self.out.system(
+            Level::Error,
+            format!(
+                "failed to start: {}; process {} was killed",
+                e.message,
+                self.group.id()
+            ),
+        );
+        self.ctx.gpu.untrack(self.group.id());
+        self.ctx.capture.finish(|s| {
+            s.status = RunState::Failed;
+            s.cancelling = false;
+            s.error_message = Some(e.message);
+            s.spawn_error = Some(e.kind);
+            s.completed_at = Some(Timestamp::now());
+        });
     }
 
     fn run(mut self) {
@@ -535,7 +613,7 @@ impl<'a> Supervisor<'a> {
         if self.exit.is_some() {
             // Output still flowing after the exit is drained, not cut off: the leak
             // deadline counts from the last byte.
-            self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+            self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
         }
         let mut lines = Vec::new();
         // Take what else is already waiting, so one batch (one lock, one wake-up) covers
@@ -562,7 +640,9 @@ impl<'a> Supervisor<'a> {
                         let now = Instant::now();
                         let since = *self.pending_since[i].get_or_insert(now);
                         let quiet = self.ctx.config.partial_flush;
-                        self.flush_at[i] = Some((now + quiet).min(since + quiet * 10));
+                        let longest = quiet.saturating_mul(10);
+                        self.flush_at[i] =
+                            Some(deadline::later(now, quiet).min(deadline::later(since, longest)));
                     } else {
                         self.flush_at[i] = None;
                         self.pending_since[i] = None;
@@ -570,7 +650,7 @@ impl<'a> Supervisor<'a> {
                 }
                 Input::Eof(stream) => {
                     let i = stream_index(stream);
-                    self.splitters[i].flush(&mut lines);
+                    self.splitters[i].finish(&mut lines);
                     for line in lines.drain(..) {
                         self.out.push_line(stream, line, timestamp);
                     }
@@ -599,11 +679,11 @@ impl<'a> Supervisor<'a> {
                         &format!("{n} process(es) of the group outlived the leader"),
                         "",
                     );
-                    self.kill_at.get_or_insert(Instant::now() + self.grace);
+                    self.kill_at.get_or_insert(deadline::after(self.grace));
                 }
             }
         }
-        self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+        self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
     }
 
     /// Graceful stop: SIGTERM to the group now, SIGKILL when the grace period ends.
@@ -644,7 +724,7 @@ impl<'a> Supervisor<'a> {
                 &why,
                 &format!(" (grace period {} s)", self.grace.as_secs_f64()),
             );
-            self.kill_at = Some(Instant::now() + self.grace);
+            self.kill_at = Some(deadline::after(self.grace));
         }
     }
 
@@ -660,7 +740,7 @@ impl<'a> Supervisor<'a> {
         self.kill_at = None;
         if self.exit.is_some() {
             // Dying members release the pipes shortly: give them a fresh leak window.
-            self.leak_at = Some(Instant::now() + self.ctx.config.leak_timeout);
+            self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
         }
     }
 
@@ -758,7 +838,7 @@ impl<'a> Supervisor<'a> {
         self.finished = true;
         let mut lines = Vec::new();
         for i in 0..2 {
-            self.splitters[i].flush(&mut lines);
+            self.splitters[i].finish(&mut lines);
             let stream = [Stream::Stdout, Stream::Stderr][i];
             for line in lines.drain(..) {
                 self.out.push_line(stream, line, Timestamp::now());
@@ -875,19 +955,15 @@ fn in_read_order(waiting: Vec<Input>) -> Vec<Input> {
 fn spawn_reader(
     stream: Stream,
     mut pipe: os_pipe::PipeReader,
-    watch: Option<&process::StopWatch>,
+    watch: &process::StopWatch,
     tx: Sender<Input>,
-) {
-    let watch = watch.and_then(|w| w.try_clone().ok());
+) -> std::io::Result<()> {
+    let watch = watch.try_clone()?;
     let body = move || {
         let mut buf = vec![0u8; READ_BUFFER];
         let mut last_read = Instant::now() - BURST_GAP;
         loop {
-            let read = match &watch {
-                Some(w) => process::read_or_stop(&mut pipe, w, &mut buf),
-                None => std::io::Read::read(&mut pipe, &mut buf).map(Some),
-            };
-            match read {
+            match process::read_or_stop(&mut pipe, &watch, &mut buf) {
                 Ok(Some(n)) if n > 0 => {
                     let chunk = Input::Chunk(stream, buf[..n].to_vec(), Timestamp::now());
                     if tx.send(chunk).is_err() {
@@ -911,12 +987,10 @@ fn spawn_reader(
             }
         }
     };
-    if let Err(e) = thread::Builder::new()
+    thread::Builder::new()
         .name(format!("runstream-{}", stream.as_str()))
         .spawn(body)
-    {
-        log::error!("cannot start a reader thread: {e}");
-    }
+        .map(drop)
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub struct RunSpec {
     pub(crate) module_id: String,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) gpu_memory_mb: u64,
+    pub(crate) metric_patterns: Vec<String>,
 }
 
 impl RunSpec {
@@ -55,6 +56,7 @@ impl RunSpec {
             module_id: "cmd".into(),
             labels: BTreeMap::new(),
             gpu_memory_mb: 0,
+            metric_patterns: Vec::new(),
         }
     }
 
@@ -136,6 +138,16 @@ impl RunSpec {
         self
     }
 
+    /// Adds a pattern for metrics in this run's output: a regular expression whose named
+    /// groups are metrics, e.g. `epoch (?P<epoch>\d+)/\d+ loss (?P<loss>[-+.\deE]+)` for
+    /// lines like `epoch 3/20 loss 0.2031` (see [`MetricRules::new`](crate::metrics::MetricRules::new)).
+    /// The built-in formats (`key=value`, `key: value`, JSON or dict lines) are always on.
+    /// A bad pattern makes [`Engine::submit`](crate::Engine::submit) fail.
+    pub fn metric_pattern(mut self, pattern: impl Into<String>) -> RunSpec {
+        self.metric_patterns.push(pattern.into());
+        self
+    }
+
     /// The program, as given.
     pub fn program(&self) -> &str {
         self.program.to_str().unwrap_or("<non-UTF-8 program name>")
@@ -160,6 +172,7 @@ impl RunSpec {
         if has_nul(&self.program) || self.args.iter().any(has_nul) {
             return Err("program and arguments must not contain NUL bytes".into());
         }
+        crate::metrics::MetricRules::new(&self.metric_patterns)?;
         Ok(())
     }
 }

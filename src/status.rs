@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
+use crate::{SpawnErrorKind, Timestamp};
 
 /// Where a run is in its life: `queued → running → completed | failed | cancelled | timed_out`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,6 +90,11 @@ pub struct RunStatus {
     /// Why the run failed or stopped: the spawn error, or the last lines of stderr
     /// (at most 500 characters).
     pub error_message: Option<String>,
+    /// Why the run could not be started, when it could not: its program or working
+    /// directory is missing, its interpreter is, the system is out of processes. The
+    /// `error_message` says it in words.
+    #[serde(default)]
+    pub spawn_error: Option<SpawnErrorKind>,
     /// Why a queued run is still waiting: `"slot"` (a free concurrency slot),
     /// `"gpu_memory"` (enough free GPU memory), or `"gpu_memory: REASON"` while the GPUs
     /// cannot be read (a GPU lost, a timeout) and the run waits for the next reading.
@@ -124,6 +129,10 @@ pub struct RunStatus {
     /// may hold fewer, when it reached `EngineConfig::max_log_bytes`.
     #[serde(default)]
     pub total_entries: Option<u64>,
+    /// The run's own metric patterns (from `RunSpec::metric_pattern`), kept so that its
+    /// metrics can be read again from its log after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_patterns: Vec<String>,
 }
 
 impl RunStatus {

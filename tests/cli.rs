@@ -318,3 +318,32 @@ fn a_failed_write_to_stdout_stops_the_run_with_exit_1() {
         "{err}"
     );
 }
+
+/// Issue 16.8: the exit status comes from the spawn error's kind: a script whose `#!`
+/// interpreter is missing was found, so 126 (as a shell says), and stderr names the
+/// interpreter; a missing program is 127.
+#[test]
+fn a_missing_interpreter_exits_126_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let crlf = crate::reliability::script(dir.path(), "crlf.sh", "#!/bin/sh\r\necho hi\r\n");
+    let (code, _, err) = run(&["--", crlf.to_str().unwrap()]);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains(r#""/bin/sh\r""#), "{err}");
+    assert_eq!(run(&["--", "no-such-program-xyz"]).0, 127);
+}
+
+/// Issue 16.9: `runstream run -- sleep 71 & kill -HUP $!` left `sleep` running with ppid
+/// 1 (closing the terminal does this): the command sits in its own process group, which
+/// a hangup never reaches, and runstream died of it. SIGHUP now stops the command as
+/// SIGTERM does, and runstream exits 129.
+#[test]
+fn sighup_stops_the_command_gracefully_with_exit_129() {
+    let (mut child, pgid, _out) = start_ready(&[], "echo $$; sleep 71 & echo ready; wait");
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(129), "{status:?}");
+    assert!(
+        live_group_members(pgid).is_empty(),
+        "the whole group is gone"
+    );
+}

@@ -966,6 +966,63 @@ fn the_download_joins_the_pieces_of_a_line() {
     assert!(stdout[0].ends_with("[stdout] abcd"), "{text}");
 }
 
+/// Issue 16.1: a child that pauses in the middle of a character. The quiet flush hands
+/// out `ab` and keeps the first two bytes of 😀 until the rest comes, so neither the
+/// entries nor the download have U+FFFD.
+#[test]
+fn a_pause_inside_a_character_tears_neither_the_entries_nor_the_download() {
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            allow_commands: true,
+            ..ServerConfig::default()
+        },
+    );
+    let gate = s.dir.path().join("gate");
+    // \360\237 and \230\200 are the two halves of 😀 (F0 9F 98 80).
+    let script = format!(
+        "printf 'ab\\360\\237'; while [ ! -e {0} ]; do sleep 0.01; done; printf '\\230\\200cd\\n'",
+        gate.display()
+    );
+    let body = json!({"argv": ["sh", "-c", script]}).to_string();
+    let (status, run) = s.call("POST", "/api/runs", Some(&body));
+    assert_eq!(status, 202, "{run}");
+    let id = run["run_id"].as_str().unwrap();
+    // The quiet flush has happened once "ab" (or, before the fix, "ab\u{fffd}") is out.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
+        let partial = logs["logs"].as_array().unwrap().iter().any(|e| {
+            e["stream"] == "stdout"
+                && e["end"] == "none"
+                && e["message"].as_str().unwrap().starts_with("ab")
+        });
+        if partial {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no partial line: {logs}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&gate, "").unwrap();
+    s.wait_finished(id);
+    let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
+    let stdout: Vec<(&str, &str)> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["stream"] == "stdout")
+        .map(|e| (e["message"].as_str().unwrap(), e["end"].as_str().unwrap()))
+        .collect();
+    assert_eq!(stdout, [("ab", "none"), ("😀cd", "lf")]);
+    let text = ureq::get(&format!("{}/api/runs/{id}/logs/download", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(!text.contains('\u{fffd}'), "{text}");
+    assert!(text.contains("[stdout] ab😀cd\n"), "{text}");
+}
+
 #[test]
 fn raw_commands_need_allow_commands_and_are_validated() {
     let s = start_with(

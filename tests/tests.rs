@@ -16,9 +16,13 @@ mod gpu;
 mod gpu_nvml;
 #[cfg(unix)]
 mod http_limits;
+#[cfg(unix)]
+mod metrics;
 mod portable;
 #[cfg(unix)]
 mod proxy;
+#[cfg(unix)]
+mod reliability;
 #[cfg(unix)]
 mod screen;
 #[cfg(unix)]

@@ -27,7 +27,8 @@ def main():
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     args = parser.parse_args()
 
-    print(f"training: epochs={args.epochs} steps={args.steps} lr={args.lr} optimizer={args.optimizer}")
+    # Said in words, not `lr=0.001`: `key=value` pairs are read as metrics.
+    print(f"training {args.epochs} epochs of {args.steps} steps, lr {args.lr}, optimizer {args.optimizer}")
     print("WARNING: no GPU found, training on CPU", file=sys.stderr)
     rng = random.Random(0)
     # About one second per epoch at the default 50 steps.

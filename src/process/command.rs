@@ -1,15 +1,13 @@
 //! What both platforms do before spawning: check the working directory, make the output
 //! pipes, and build the `Command` (argv, cwd, environment, stdin null). No shell.
 
-use std::ffi::OsString;
-use std::io;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use os_pipe::PipeReader;
 use shared_child::SharedChild;
 
 use super::ProcessGroup;
+use crate::spawn_error::{SpawnError, SpawnErrorKind};
 use crate::spec::RunSpec;
 
 /// A freshly spawned child: its handle, its process group, and the parent's read ends of
@@ -30,18 +28,21 @@ pub(crate) struct PreparedCommand {
 }
 
 /// Builds the command for `spec`. Errors are worded for a person.
-pub(crate) fn prepare(spec: &RunSpec) -> Result<PreparedCommand, String> {
+pub(crate) fn prepare(spec: &RunSpec) -> Result<PreparedCommand, SpawnError> {
     if let Some(dir) = &spec.cwd {
         // A bad cwd is reported by the OS like a missing program (ENOENT): check first so
         // the error says which.
         if !dir.is_dir() {
-            return Err(format!(
-                "working directory {} does not exist or is not a directory",
-                dir.display()
+            return Err(SpawnError::new(
+                SpawnErrorKind::BadCwd,
+                format!(
+                    "working directory {} does not exist or is not a directory",
+                    dir.display()
+                ),
             ));
         }
     }
-    let pipe = || os_pipe::pipe().map_err(|e| format!("could not create a pipe: {e}"));
+    let pipe = || os_pipe::pipe().map_err(|e| SpawnError::resources("could not create a pipe", &e));
     let (stdout, stdout_w) = pipe()?;
     let (stderr, stderr_w) = pipe()?;
     let mut command = Command::new(&spec.program);
@@ -69,14 +70,4 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<PreparedCommand, String> {
         stdout,
         stderr,
     })
-}
-
-/// Why `program` did not start, for a person.
-pub(crate) fn spawn_error(program: &OsString, e: io::Error) -> String {
-    let name = Path::new(program).display();
-    match e.kind() {
-        io::ErrorKind::NotFound => format!("program not found: {name}"),
-        io::ErrorKind::PermissionDenied => format!("permission denied executing {name}"),
-        _ => format!("could not start {name}: {e}"),
-    }
 }

@@ -3,7 +3,11 @@
 //! and `windows.rs` (a job object per run, `CTRL_BREAK_EVENT`, `TerminateJobObject`).
 
 mod command;
+mod open_files;
 pub(crate) use command::*;
+pub use open_files::raise_open_file_limit;
+#[cfg(unix)]
+pub(crate) use open_files::restore_open_file_limit;
 
 /// How the engine stops a process group: gracefully (`Term`), or at once (`Kill`). The
 /// names are unix's; each platform file says what they do there (`name`, messages).

@@ -10,19 +10,21 @@ use std::process::ExitStatus;
 use os_pipe::{PipeReader, PipeWriter};
 use shared_child::SharedChild;
 
-use super::{prepare, spawn_error, PreparedCommand, Signal, Spawned};
+use super::{prepare, PreparedCommand, Signal, Spawned};
+use crate::spawn_error::SpawnError;
 use crate::spec::RunSpec;
 
 /// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
 /// pipes. Errors are worded for a person ("working directory … does not exist").
-pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
+pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, SpawnError> {
     let PreparedCommand {
         mut command,
         stdout,
         stderr,
     } = prepare(spec)?;
     command.process_group(0);
-    let child = SharedChild::spawn(&mut command).map_err(|e| spawn_error(&spec.program, e))?;
+    super::restore_open_file_limit(&mut command);
+    let child = SharedChild::spawn(&mut command).map_err(|e| SpawnError::from_spawn(spec, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
     drop(command);

@@ -61,7 +61,8 @@ use windows_sys::Win32::System::Threading::{
     PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, THREAD_SUSPEND_RESUME,
 };
 
-use super::{prepare, spawn_error, PreparedCommand, Signal, Spawned};
+use super::{prepare, PreparedCommand, Signal, Spawned};
+use crate::spawn_error::SpawnError;
 use crate::spec::RunSpec;
 
 /// The exit code of every process of a job the engine terminates (as `Child::kill`).
@@ -69,7 +70,7 @@ const KILLED_EXIT_CODE: u32 = 1;
 
 /// Spawns `spec` as the leader of a new console process group, inside a new job object,
 /// stdin null, stdout and stderr on two pipes. Errors are worded for a person.
-pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
+pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, SpawnError> {
     let job = Job::new().map_err(|e| format!("could not create a job object: {e}"))?;
     let PreparedCommand {
         mut command,
@@ -84,7 +85,9 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
         flags |= CREATE_NO_WINDOW;
     }
     command.creation_flags(flags);
-    let mut child = command.spawn().map_err(|e| spawn_error(&spec.program, e))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| SpawnError::from_spawn(spec, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
     drop(command);
@@ -99,9 +102,9 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, String> {
         // Never leave a suspended child behind.
         let _ = child.kill();
         let _ = child.wait();
-        return Err(message);
+        return Err(message.into());
     }
-    let child = SharedChild::new(child).map_err(|e| spawn_error(&spec.program, e))?;
+    let child = SharedChild::new(child).map_err(|e| SpawnError::from_spawn(spec, e))?;
     Ok(Spawned {
         child,
         pid,

@@ -15,14 +15,12 @@ use super::http::{
     url_path, ApiError, FullResponse,
 };
 use super::live_catalogue::ReloadError;
-use super::modules::BuildError;
+use super::modules::{seconds, BuildError, MAX_SECONDS};
 use super::run_json::{run_json, MODULE_NAME_LABEL, PARAMETERS_LABEL};
 use super::same_origin;
-use super::{metrics, sse, AppState};
+use super::{metrics, page, run_metrics, sse, AppState};
 use crate::{From, Next, RunHandle, RunSpec, RunState, Timestamp};
 
-/// The web page, embedded in the binary.
-const PAGE: &str = include_str!("page.html");
 /// Most entries one `/logs` request returns.
 const MAX_LOG_LINES: u64 = 100_000;
 
@@ -36,6 +34,13 @@ enum Reply {
     Download(RunHandle),
 }
 
+/// One of the web page's files.
+fn page_file((content_type, body): (&str, &'static [u8])) -> Reply {
+    Reply::Full(
+        Response::from_data(body.to_vec()).with_header(header("Content-Type", content_type)),
+    )
+}
+
 fn json_reply(status: u16, body: &Value) -> Reply {
     Reply::Full(json_response(status, body))
 }
@@ -45,7 +50,25 @@ pub fn handle(state: &Arc<AppState>, mut request: Request) {
     let origin = request_header(&request, "Origin").map(str::to_string);
     let cors = cors_headers(state.config.cors_origin.as_deref(), origin.as_deref());
     let head = *request.method() == Method::Head;
-    let response = match route(state, &mut request, !cors.is_empty()) {
+    // A bug in a handler must still get an answer: unanswered, tiny_http would send a 500
+    // with an empty body.
+    let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        route(state, &mut request, !cors.is_empty())
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        log::error!("internal error answering {}: {what}", request.url());
+        Err(ApiError::new(
+            500,
+            "INTERNAL_ERROR",
+            format!("internal error in runstream: {what}"),
+        ))
+    });
+    let response = match routed {
         Ok(Reply::Full(r)) => r,
         // HEAD of a stream or a download: its headers say enough.
         Ok(Reply::Stream(..)) if head => {
@@ -102,10 +125,10 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
     }
     use Method::{Delete, Get, Post};
     match (segments.as_slice(), &method) {
-        ([], Get) | (["index.html"], Get) => Ok(Reply::Full(
-            Response::from_data(PAGE.as_bytes().to_vec())
-                .with_header(header("Content-Type", "text/html; charset=utf-8")),
-        )),
+        ([], Get) | (["index.html"], Get) => Ok(page_file(page::index())),
+        (["page", name], Get) => page::file(name)
+            .map(page_file)
+            .ok_or_else(|| unknown_route(&segments, &method)),
         (["api", "health"], Get) => Ok(json_reply(200, &health(state))),
         (["api", "modules"], Get) => Ok(json_reply(200, &modules(state))),
         (["api", "modules", "reload"], Post) => reload_modules(state),
@@ -129,6 +152,7 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
         (["api", "runs", id], Get) => Ok(json_reply(200, &run_json(&find(state, id)?.status()))),
         (["api", "runs", id], Delete) | (["api", "runs", id, "cancel"], Post) => cancel(state, id),
         (["api", "runs", id, "logs"], Get) => logs(state, id, request.url()),
+        (["api", "runs", id, "metrics"], Get) => run_metrics(state, id, request.url()),
         (["api", "runs", id, "logs", "stream"], Get) => stream_start(state, id, request),
         (["api", "runs", id, "logs", "download"], Get) => Ok(Reply::Download(find(state, id)?)),
         (["api", "system", "stats"], Get) => Ok(json_reply(200, &metrics::system_stats(state))),
@@ -148,10 +172,14 @@ fn allowed_methods<S: AsRef<str>>(segments: &[S]) -> &'static [&'static str] {
     let segments: Vec<&str> = segments.iter().map(AsRef::as_ref).collect();
     match segments.as_slice() {
         ["api", "modules", "reload"] => &["GET", "POST"], // GET: a module named "reload"
-        [] | ["index.html"] | ["api", "health"] | ["api", "modules"] | ["api", "modules", _] => {
-            &["GET"]
-        }
-        ["api", "runs", _, "logs"] | ["api", "runs", _, "logs", "stream" | "download"] => &["GET"],
+        []
+        | ["index.html"]
+        | ["page", _]
+        | ["api", "health"]
+        | ["api", "modules"]
+        | ["api", "modules", _] => &["GET"],
+        ["api", "runs", _, "logs" | "metrics"]
+        | ["api", "runs", _, "logs", "stream" | "download"] => &["GET"],
         ["api", "system", "stats"] | ["api", "gpu"] | ["metrics"] => &["GET"],
         ["api", "modules", _, "run"] | ["api", "runs", _, "cancel"] => &["POST"],
         ["api", "runs"] => &["GET", "POST"],
@@ -246,7 +274,8 @@ fn submit(state: &AppState, spec: RunSpec) -> Result<Reply, ApiError> {
             "the server is shutting down",
         )),
         Err(e @ crate::SubmitError::InvalidSpec(_)) => Err(ApiError::validation(e.to_string())),
-        Err(e) => Err(ApiError::new(500, "INTERNAL_ERROR", e.to_string())),
+        // Out of threads (the user's process limit): the server is full, not broken.
+        Err(e @ crate::SubmitError::Thread(_)) => Err(ApiError::resources(e.to_string())),
     }
 }
 
@@ -345,15 +374,11 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
     let seconds = |key: &str| -> Result<Option<Duration>, ApiError> {
         match o.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                .map(|s| Some(Duration::from_secs_f64(s)))
-                .ok_or_else(|| {
-                    ApiError::validation(format!(
-                        "\"{key}\" must be a non-negative number of seconds"
-                    ))
-                }),
+            Some(v) => v.as_f64().and_then(seconds).map(Some).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "\"{key}\" must be a number of seconds from 0 to below {MAX_SECONDS:e}"
+                ))
+            }),
         }
     };
     if let Some(t) = seconds("timeout_seconds")?.filter(|t| !t.is_zero()) {
@@ -497,6 +522,33 @@ fn logs(state: &AppState, id: &str, url: &str) -> Result<Reply, ApiError> {
         200,
         &json!({"run_id": run.id(), "logs": entries, "total_lines": total, "truncated": truncated}),
     ))
+}
+
+fn run_metrics(state: &AppState, id: &str, url: &str) -> Result<Reply, ApiError> {
+    let run = find(state, id)?;
+    let q = query_pairs(url);
+    let names: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "names")
+        .flat_map(|(_, v)| v.split(','))
+        .filter(|s| !s.is_empty())
+        .collect();
+    // Counted first: the series then hold at least every line before it.
+    let through_seq = run.capture().stats().entries;
+    let series = run_metrics::select(run.metrics(), &names);
+    match query_value(&q, "format").filter(|f| !f.is_empty()) {
+        None | Some("json") => Ok(json_reply(
+            200,
+            &run_metrics::json(&run, through_seq, &series),
+        )),
+        Some("csv") => Ok(Reply::Full(
+            Response::from_data(run_metrics::csv(&series).into_bytes())
+                .with_header(header("Content-Type", "text/csv; charset=utf-8")),
+        )),
+        Some(other) => Err(ApiError::validation(format!(
+            "format must be json or csv, got {other:?}"
+        ))),
+    }
 }
 
 /// Where a stream starts: `Last-Event-ID` (resume after it), `?after_seq=`, `?tail=`, or

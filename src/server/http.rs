@@ -30,6 +30,12 @@ impl ApiError {
         }
     }
 
+    /// 503 `RESOURCE_LIMIT_EXCEEDED`: the system is out of something (threads,
+    /// processes); the same request may work later.
+    pub fn resources(detail: impl Into<String>) -> ApiError {
+        ApiError::new(503, "RESOURCE_LIMIT_EXCEEDED", detail)
+    }
+
     /// 422 `VALIDATION_ERROR`.
     pub fn validation(detail: impl Into<String>) -> ApiError {
         ApiError::new(422, "VALIDATION_ERROR", detail)

@@ -23,7 +23,9 @@ mod http;
 mod live_catalogue;
 mod metrics;
 mod modules;
+mod page;
 mod run_json;
+mod run_metrics;
 mod same_origin;
 mod sse;
 mod store;
@@ -190,12 +192,28 @@ fn accept_loop(http: &tiny_http::Server, state: &Arc<AppState>) {
     loop {
         match http.recv() {
             Ok(request) => {
-                let state = Arc::clone(state);
+                // Handed over through a channel, so that when no thread can be made the
+                // request is still here to be answered (a closure that failed to spawn
+                // is dropped, and an unanswered request gets an empty 500).
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let _ = tx.send(request);
+                let state_for_thread = Arc::clone(state);
+                let handed = rx.clone();
                 let spawned = std::thread::Builder::new()
                     .name("runstream-request".into())
-                    .spawn(move || api::handle(&state, request));
+                    .spawn(move || {
+                        if let Ok(request) = handed.recv() {
+                            api::handle(&state_for_thread, request);
+                        }
+                    });
                 if let Err(e) = spawned {
                     log::error!("cannot start a request thread: {e}");
+                    if let Ok(request) = rx.try_recv() {
+                        let error = ApiError::resources(format!(
+                            "cannot create a thread for the request: {e}"
+                        ));
+                        let _ = request.respond(http::json_response(error.status, &error.body()));
+                    }
                 }
             }
             Err(e) => {

@@ -50,6 +50,11 @@ pub struct Module {
     /// Parameters by name.
     #[serde(default)]
     pub parameters: BTreeMap<String, Parameter>,
+    /// Patterns for metrics in the output beyond the built-in formats: regular
+    /// expressions whose named groups are metrics (`"epoch (?P<epoch>\\d+)/\\d+ loss
+    /// (?P<loss>[-+.\\deE]+)"`). See `RunSpec::metric_pattern`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_patterns: Vec<String>,
 }
 
 /// A parameter's type and constraints.
@@ -136,16 +141,19 @@ impl Catalogue {
                     }
                 }
             }
-            for seconds in [
+            for (name, value) in [
                 ("timeout_seconds", module.timeout_seconds),
                 ("grace_seconds", module.grace_seconds),
             ] {
-                if let (name, Some(v)) = seconds {
-                    if !(v.is_finite() && v >= 0.0) {
-                        return Err(format!("{}: must be a non-negative number", at(name)));
-                    }
+                if value.is_some_and(|v| seconds(v).is_none()) {
+                    return Err(format!(
+                        "{}: must be a number of seconds from 0 to below {MAX_SECONDS:e}",
+                        at(name)
+                    ));
                 }
             }
+            crate::metrics::MetricRules::new(&module.metric_patterns)
+                .map_err(|e| format!("{}: {e}", at("metric_patterns")))?;
             for (name, p) in &module.parameters {
                 let at = |field: &str| format!("modules.{id}.parameters.{name}.{field}");
                 if let (Some(min), Some(max)) = (p.min, p.max) {
@@ -215,19 +223,12 @@ impl Catalogue {
             };
             values.insert(name.clone(), value);
         }
-        let mut args = Vec::with_capacity(module.args.len());
-        for arg in &module.args {
-            let mut text = arg.clone();
-            for name in placeholders(arg) {
-                let Some(value) = values.get(name) else {
-                    return Err(invalid(format!(
-                        "parameter {name:?} has no value and no default"
-                    )));
-                };
-                text = text.replace(&format!("{{{name}}}"), &value_text(value));
-            }
-            args.push(text);
-        }
+        let args = module
+            .args
+            .iter()
+            .map(|arg| substitute(arg, &values))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
         let mut spec = RunSpec::new(&module.program).args(args).module_id(id);
         if let Some(cwd) = &module.cwd {
             spec = spec.cwd(cwd);
@@ -235,13 +236,26 @@ impl Catalogue {
         for (k, v) in &module.env {
             spec = spec.env(k, v);
         }
-        if let Some(t) = module.timeout_seconds.filter(|t| *t > 0.0) {
-            spec = spec.timeout(Duration::from_secs_f64(t));
+        // `check` bounded both; a catalogue built in code and never checked gets the
+        // same bounds here instead of a panic.
+        let duration = |field: &str, v: f64| {
+            seconds(v).ok_or_else(|| {
+                invalid(format!(
+                    "module {id:?}: {field} {v} is not a number of seconds from 0 to below \
+                     {MAX_SECONDS:e}"
+                ))
+            })
+        };
+        if let Some(t) = module.timeout_seconds {
+            spec = spec.timeout(duration("timeout_seconds", t)?);
         }
         if let Some(g) = module.grace_seconds {
-            spec = spec.grace(Duration::from_secs_f64(g));
+            spec = spec.grace(duration("grace_seconds", g)?);
         }
         spec = spec.gpu_memory_mb(module.gpu_memory_mb);
+        for pattern in &module.metric_patterns {
+            spec = spec.metric_pattern(pattern);
+        }
         Ok((spec, values))
     }
 }
@@ -315,12 +329,52 @@ fn value_text(v: &Value) -> String {
     }
 }
 
+/// Largest timeout or grace period, in seconds (about 31 years), in the catalogue and in
+/// `POST /api/runs`: anything larger is a mistake, and would overflow a deadline.
+pub(crate) const MAX_SECONDS: f64 = 1e9;
+
+/// `v` seconds as a `Duration`, when it is finite, not negative and below [`MAX_SECONDS`].
+pub(crate) fn seconds(v: f64) -> Option<Duration> {
+    (v.is_finite() && (0.0..MAX_SECONDS).contains(&v)).then(|| Duration::from_secs_f64(v))
+}
+
+/// `template` with each `{name}` replaced by that parameter's value, in one pass: a value
+/// is data, so a `{b}` inside the value of `a` stays as it is. Text in braces that is not
+/// a parameter name (`{}`, `{a b}`) stays too, as `placeholders` does not list it.
+fn substitute(template: &str, values: &BTreeMap<String, Value>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let name = after.find('}').map(|close| &after[..close]);
+        match name.filter(|n| is_param_name(n)) {
+            Some(name) => {
+                let value = values
+                    .get(name)
+                    .ok_or_else(|| format!("parameter {name:?} has no value and no default"))?;
+                out.push_str(&value_text(value));
+                rest = &after[name.len() + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_param_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Names inside `{…}` in an argv template element.
 fn placeholders(arg: &str) -> impl Iterator<Item = &str> {
     arg.split('{').skip(1).filter_map(|rest| {
         let name = &rest[..rest.find('}')?];
-        (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-            .then_some(name)
+        is_param_name(name).then_some(name)
     })
 }
 
@@ -378,6 +432,55 @@ mod tests {
             catalogue().build("nope", &Default::default()).unwrap_err(),
             BuildError::NotFound
         );
+    }
+
+    /// Issue 16.7: with args `["{a}|{b}"]` and `a="{b}"`, the child got `zz|zz`.
+    #[test]
+    fn a_value_is_substituted_once_and_never_inside_another_value() {
+        let c: Catalogue = serde_json::from_value(json!({"modules": {"m": {
+            "name": "M", "program": "echo", "args": ["{a}|{b}", "{b}{a}", "{{a}}", "{}x{", "{a b}"],
+            "parameters": {"a": {"type": "string"}, "b": {"type": "string"}}}}}))
+        .unwrap();
+        c.check().unwrap();
+        let given = json!({"a": "{b}", "b": "zz"});
+        let (spec, _) = c.build("m", given.as_object().unwrap()).unwrap();
+        let args: Vec<_> = spec
+            .get_args()
+            .iter()
+            .map(|a| a.to_str().unwrap())
+            .collect();
+        assert_eq!(args, ["{b}|zz", "zz{b}", "{{b}}", "{}x{", "{a b}"]);
+    }
+
+    /// Issue 16.6: `timeout_seconds: 1e300` panicked converting to a Duration (POST got
+    /// an empty 500), `1e19` overflowed a deadline. The catalogue takes what the API takes.
+    #[test]
+    fn durations_beyond_the_api_bounds_are_refused_at_load() {
+        for (field, v) in [
+            ("timeout_seconds", json!(1e300)),
+            ("timeout_seconds", json!(1e19)),
+            ("grace_seconds", json!(1e19)),
+            ("grace_seconds", json!(1e9)),
+            ("timeout_seconds", json!(-1)),
+        ] {
+            let c: Catalogue = serde_json::from_value(
+                json!({"modules": {"m": {"name": "M", "program": "x", field: v}}}),
+            )
+            .unwrap();
+            let err = c.check().unwrap_err();
+            assert!(err.contains(&format!("modules.m.{field}")), "{err}");
+            // Built without the check (a catalogue made in code): an error, not a panic.
+            match c.build("m", &Default::default()) {
+                Err(BuildError::Invalid(e)) => assert!(e.contains(field), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let ok: Catalogue = serde_json::from_value(json!({"modules": {"m": {
+            "name": "M", "program": "x", "timeout_seconds": 999999999.0, "grace_seconds": 0}}}))
+        .unwrap();
+        ok.check().unwrap();
+        let (spec, _) = ok.build("m", &Default::default()).unwrap();
+        assert_eq!(spec.get_timeout(), Some(Duration::from_secs(999_999_999)));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub const PARAMETERS_LABEL: &str = "runstream.parameters";
 
 /// The Run object: `run_id, module_id, module_name, status, cancelling, created_at,
 /// started_at, completed_at, duration_seconds, exit_code, signal, pid, error_message,
-/// parameters, progress_percent` (plus `waiting_for` and `labels`).
+/// parameters, progress_percent` (plus `spawn_error`, `waiting_for` and `labels`).
 pub fn run_json(status: &RunStatus) -> Value {
     let mut labels = status.labels.clone();
     let module_name = labels
@@ -36,6 +36,7 @@ pub fn run_json(status: &RunStatus) -> Value {
         "signal": status.signal,
         "pid": status.pid,
         "error_message": status.error_message,
+        "spawn_error": status.spawn_error,
         "parameters": parameters,
         "progress_percent": status.progress_percent,
         "gpu_memory_mb": status.gpu_memory_mb,

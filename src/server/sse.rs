@@ -47,11 +47,22 @@ pub fn stream(
                 // The hot path of fan-out: plain appends of the shared encoding.
                 buf.reserve(entries.iter().map(|e| e.json().len() + 40).sum());
                 for e in &entries {
+                    let id = crate::entry::u64_text(e.seq, &mut digits);
                     buf.push_str("id: ");
-                    buf.push_str(crate::entry::u64_text(e.seq, &mut digits));
+                    buf.push_str(id);
                     buf.push_str("\nevent: log\ndata: ");
                     buf.push_str(e.json());
                     buf.push_str("\n\n");
+                    // Its metric events follow it, before the next line, with the same
+                    // id: every log event keeps its own `id:` (what clients resume and
+                    // deduplicate by), and a metric event says whose line it is.
+                    for m in e.metrics() {
+                        let _ = write!(
+                            buf,
+                            "id: {id}\nevent: metric\ndata: {}\n\n",
+                            m.event_json(e.seq)
+                        );
+                    }
                 }
             }
             Next::Gap { from_seq, to_seq } => {

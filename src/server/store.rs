@@ -113,7 +113,7 @@ fn terminate_leftovers(status: &RunStatus, grace: Duration) {
     let _ = group.signal(Signal::Term);
     let run_id = status.run_id.clone();
     std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + grace;
+        let deadline = crate::deadline::after(grace);
         while std::time::Instant::now() < deadline {
             if group.live_members().is_empty() {
                 return;

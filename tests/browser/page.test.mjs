@@ -6,7 +6,7 @@
 // Every wait is bounded, and the servers and the browser are always stopped.
 
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -18,6 +18,9 @@ const ROOT = path.resolve(HERE, '..', '..');
 const BIN = path.resolve(ROOT, process.env.RUNSTREAM_BIN || 'target/debug/runstream');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = path.join(ROOT, 'target', 'browser', 'run-view.png');
+const METRICS_SCREENSHOT = path.join(ROOT, 'target', 'browser', 'metrics.png');
+// The example train module (examples/modules.json) needs python3.
+const HAS_PYTHON = spawnSync('python3', ['-V']).status === 0;
 const WAIT = 20_000; // the longest any single wait may take
 const WATCHDOG = 300_000; // the whole file
 
@@ -42,7 +45,14 @@ echo '<img src=x onerror="window.__pwned=1">'
 printf 'a\342\200\256b\n'
 head -c 30000 /dev/zero | tr '\000' A; echo`;
 
+// A metric every 0.25 s for 10 s: a chart that grows while the run runs.
+const LIVE_METRICS_SCRIPT = 'i=1; while [ "$i" -le 40 ]; do echo "step=$i loss=0.$((100 - i))"; i=$((i+1)); sleep 0.25; done';
+
+const BIG_METRICS_SCRIPT = 'while [ ! -e "$1" ]; do sleep 0.05; done; seq 1 100000 | sed "s/.*/step=& loss=0.&/"';
+
 function modulesFixture(cwd) {
+  // The example train module as shipped (its metric_patterns included), run from its folder.
+  const train = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples', 'modules.json'), 'utf8')).modules.train;
   const base = { program: 'sh', cwd, timeout_seconds: 120, grace_seconds: 2, gpu_memory_mb: 0 };
   return {
     modules: {
@@ -75,6 +85,21 @@ function modulesFixture(cwd) {
         name: 'Hostile output',
         description: 'ANSI colours, HTML, a very long line.',
         args: ['-c', HOSTILE_SCRIPT],
+        parameters: {},
+      },
+      train: { ...train, cwd: path.join(ROOT, 'examples', 'modules') },
+      live_metrics: {
+        ...base,
+        name: 'Live metrics',
+        description: 'step=N loss=X every 0.25 s, 40 times.',
+        args: ['-c', LIVE_METRICS_SCRIPT],
+        parameters: {},
+      },
+      big_metrics: {
+        ...base,
+        name: '100 000 metric lines',
+        description: 'Waits for a gate file, then prints step=N loss=0.N 100 000 times.',
+        args: ['-c', BIG_METRICS_SCRIPT, 'sh', path.join(cwd, 'big-gate')],
         parameters: {},
       },
       slow: {
@@ -124,7 +149,7 @@ async function startServer(name, extraArgs = []) {
   if (!fs.existsSync(BIN)) throw new Error(`server binary not found: ${BIN} (set RUNSTREAM_BIN)`);
   const args = ['serve', '--bind', '127.0.0.1:0', '--modules', modulesFile, '--data-dir', path.join(dir, 'data'), ...extraArgs];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
-  const server = { name, proc, log: [], base: null, exited: false };
+  const server = { name, dir, proc, log: [], base: null, exited: false };
   servers.push(server);
   const keep = (line) => {
     server.log.push(line);
@@ -583,6 +608,142 @@ async function caseToken() {
   }
 }
 
+// ---------------------------------------------------------------- metric charts
+
+/** Starts a module through the API and returns its run id. */
+async function startByApi(moduleId, parameters) {
+  const r = await api(ctx.server.base, 'POST', `/api/modules/${moduleId}/run`, { body: { parameters } });
+  assert(r.status === 202, `starting ${moduleId}: ${r.status} ${r.text.slice(0, 300)}`);
+  return r.json.run_id;
+}
+
+const chartOf = (page, name) => page.evaluate((n) => window.runstream.charts()[n] || null, name);
+
+async function caseMetricsChart() {
+  if (!HAS_PYTHON) return console.log('SKIPPED the train chart: no python3');
+  const { server } = ctx;
+  const id = (ctx.trainRunId = await startByApi('train', { epochs: 5, steps: 2, lr: 0.001 }));
+  const page = (ctx.metricsPage = await newPage());
+  await page.goto(`${server.base}#run=${encodeURIComponent(id)}`);
+  await waitIn(page, 'the train run to finish', () => document.querySelector('#conn-state').dataset.state === 'finished');
+  const printed = (await lineTexts(page, 'stdout'))
+    .map((t) => /^epoch \d+\/5 loss ([-\d.]+)$/.exec(t))
+    .filter(Boolean)
+    .map((m) => Number(m[1]));
+  assert(printed.length === 5, `printed losses: ${JSON.stringify(printed)}`);
+  await waitIn(page, 'a loss chart with 5 points', () => (window.runstream.charts().loss || {}).points === 5);
+  const loss = await chartOf(page, 'loss');
+  assert(JSON.stringify(loss.y) === JSON.stringify(printed), `chart ${JSON.stringify(loss.y)} != printed ${JSON.stringify(printed)}`);
+  assert(JSON.stringify(loss.x) === '[1,2,3,4,5]', `x is the epoch: ${JSON.stringify(loss.x)}`);
+  // Found by its accessible name, drawn on a canvas, its last value beside it.
+  const chart = page.locator('[aria-label="loss chart"]');
+  assert((await chart.count()) === 1, 'no element labelled "loss chart"');
+  assert((await chart.locator('canvas').count()) === 1, 'the loss chart has no canvas');
+  const last = await page.locator('figure.chart[data-metric="loss"] .last').textContent();
+  assert(last === `last ${printed[4]}`, `last value shown: ${last}, printed ${printed[4]}`);
+  assert(page.pageErrors.length === 0, `page errors: ${page.pageErrors.join('; ')}`);
+}
+
+async function caseLiveChart() {
+  const { server } = ctx;
+  const page = await newPage();
+  try {
+    const metricFetches = [];
+    page.on('request', (r) => { if (/\/metrics(\?|$)/.test(new URL(r.url()).pathname + new URL(r.url()).search)) metricFetches.push(r.url()); });
+    const id = await startByApi('live_metrics', {});
+    await page.goto(`${server.base}#run=${encodeURIComponent(id)}`);
+    const first = await waitIn(page, 'the first points of the live chart', () => {
+      const c = window.runstream.charts().loss;
+      return c && c.points >= 2 && c.points;
+    });
+    const later = await waitIn(page, 'the chart to grow while the run is running', (n) => {
+      const c = window.runstream.charts().loss;
+      const running = document.querySelector('#run-status').dataset.status === 'running';
+      return c && running && c.points >= n + 3 && c.points;
+    }, first);
+    const loss = await chartOf(page, 'loss');
+    assert(loss.x.every((x, i) => x === i + 1), `x is the step: ${JSON.stringify(loss.x)}`);
+    assert(loss.y[0] === 0.99, `first loss ${loss.y[0]}`);
+    // Live means pushed: the series were fetched once, when the run was opened.
+    assert(metricFetches.length === 1, `the page fetched metrics ${metricFetches.length} times while live (polling?): ${metricFetches.join(' ')}`);
+    note(`live chart grew from ${first} to ${later} points`);
+    await api(server.base, 'POST', `/api/runs/${id}/cancel`);
+  } finally {
+    await page.context().close().catch(() => {});
+  }
+}
+
+async function caseCompare() {
+  if (!HAS_PYTHON) return console.log('SKIPPED comparing train runs: no python3');
+  assert(ctx.trainRunId, 'no train run from the chart case');
+  const { server } = ctx;
+  const page = ctx.metricsPage;
+  const id = await startByApi('train', { epochs: 5, steps: 2, lr: 0.0005 });
+  await page.goto(`${server.base}#run=${encodeURIComponent(id)}`);
+  await waitIn(page, 'the second train run to finish', () => document.querySelector('#conn-state').dataset.state === 'finished');
+  const box = `#compare input[data-run-id="${ctx.trainRunId}"]`;
+  await page.waitForSelector(box, { timeout: WAIT });
+  const choice = await page.locator('#compare').textContent();
+  assert(choice.includes('lr=0.001'), `the compare choice does not name the differing parameter: ${choice}`);
+  await page.check(box);
+  await waitIn(page, 'two curves on the loss chart', () => (window.runstream.charts().loss || {}).curves === 2);
+  const legend = await page.locator('figure.chart[data-metric="loss"] .u-legend').textContent();
+  assert(legend.includes('lr=0.0005') && legend.includes('lr=0.001'), `legend: ${legend}`);
+  assert(!legend.includes('epochs='), `the legend names parameters that do not differ: ${legend}`);
+  // The screenshot is checked, not only taken: decoded in the page, it must show a chart.
+  fs.mkdirSync(path.dirname(METRICS_SCREENSHOT), { recursive: true });
+  const png = await page.locator('#metrics').screenshot({ path: METRICS_SCREENSHOT });
+  const look = await page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = `data:image/png;base64,${b64}`;
+    await img.decode();
+    const c = document.createElement('canvas');
+    c.width = img.width;
+    c.height = img.height;
+    const g = c.getContext('2d');
+    g.drawImage(img, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    const counts = new Map();
+    for (let i = 0; i < d.length; i += 4) {
+      const k = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+      counts.set(k, (counts.get(k) || 0) + 1);
+    }
+    const top = Math.max(...counts.values());
+    // Pixels of the two curves' colours (#0b5cad, #c2410c), give or take anti-aliasing.
+    const near = (r, g2, b) => { let n = 0; for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - r) + Math.abs(d[i + 1] - g2) + Math.abs(d[i + 2] - b) < 40) n++; return n; };
+    return { width: c.width, height: c.height, colours: counts.size, notBackground: 1 - top / (d.length / 4), blue: near(11, 92, 173), orange: near(194, 65, 12) };
+  }, png.toString('base64'));
+  assert(look.width > 200 && look.height > 100, `screenshot ${look.width}x${look.height}`);
+  assert(look.colours > 20 && look.notBackground > 0.03, `the screenshot looks blank: ${JSON.stringify(look)}`);
+  assert(look.blue > 50 && look.orange > 50, `the two curves are not drawn: ${JSON.stringify(look)}`);
+  note(`metrics screenshot: ${path.relative(ROOT, METRICS_SCREENSHOT)} ${JSON.stringify(look)}`);
+  assert(page.pageErrors.length === 0, `page errors: ${page.pageErrors.join('; ')}`);
+  await page.context().close().catch(() => {});
+}
+
+async function caseHundredThousandPoints() {
+  const { server } = ctx;
+  const page = await newPage();
+  try {
+    const id = await startByApi('big_metrics', {});
+    await page.goto(`${server.base}#run=${encodeURIComponent(id)}`);
+    await waitIn(page, 'the stream to be live', () => document.querySelector('#conn-state').dataset.state === 'live');
+    fs.writeFileSync(path.join(server.dir, 'work', 'big-gate'), '');
+    await waitIn(page, 'the run to finish', () => document.querySelector('#conn-state').dataset.state === 'finished', undefined, 120_000);
+    await waitIn(page, 'a chart of 100 000 points', () => (window.runstream.charts().loss || {}).points === 100000, undefined, 60_000);
+    const loss = await page.evaluate(() => {
+      const c = window.runstream.charts().loss;
+      return { first: [c.x[0], c.y[0]], last: [c.x[c.x.length - 1], c.y[c.y.length - 1]], shown: document.querySelector('figure.chart[data-metric="loss"] .last').textContent };
+    });
+    assert(JSON.stringify(loss.first) === '[1,0.1]' && JSON.stringify(loss.last) === '[100000,0.1]', JSON.stringify(loss));
+    assert(loss.shown === 'last 0.1', `last value shown: ${loss.shown}`);
+    assert((await page.locator('[aria-label="loss chart"] canvas').count()) === 1, 'no canvas');
+    assert(page.pageErrors.length === 0, `page errors: ${page.pageErrors.join('; ')}`);
+  } finally {
+    await page.context().close().catch(() => {});
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 async function cleanup() {
@@ -624,6 +785,10 @@ async function main() {
     ['SSE connection cut mid-run: reconnecting, resume, every line exactly once', caseResume],
     ['timestamps toggle; screenshot of the run view', caseScreenshot],
     ['--token: 401 message without ?token, works with it', caseToken],
+    ['metrics: a 5-epoch train run charts 5 points equal to the printed losses', caseMetricsChart],
+    ['metrics: a live run\'s chart grows while it runs, pushed, not polled', caseLiveChart],
+    ['metrics: two runs compared draw two curves, legend by differing parameter; screenshot not blank', caseCompare],
+    ['metrics: a run printing 100 000 values is charted with all 100 000 points', caseHundredThousandPoints],
   ];
 
   let setupError = null;

@@ -65,10 +65,12 @@ module; 69 the server cannot be reached; 77 wrong or missing token; 70 anything 
 
 const RUN_NOTES: &str = "\
 The command's stdin is /dev/null: runs are not interactive.
-Ctrl-C / SIGTERM stops the command gracefully (exit 130); a second one kills it.
+Ctrl-C / SIGTERM stops the command gracefully (exit 130), and so does SIGHUP, the
+terminal closing (exit 129); a second one kills it.
 
 Exit status: the command's own; 128+N if it died by signal N; 124 on timeout;
-127 if it could not be found, 126 if it could not be started; 141 if stdout was
+127 if it could not be found, 126 if it was found but could not be started (its #!
+interpreter is missing, say); 141 if stdout was
 closed by its reader, 1 if stdout cannot be written (closed, read-only, disk full):
 the command is then stopped, or not started if that is known before; 2 for a bad
 option or an unusable --log-dir.
@@ -81,6 +83,10 @@ pub struct RunArgs {
     /// Print every entry as one JSON line on stdout
     #[arg(long)]
     pub json: bool,
+    /// When the command ends, print each metric found in its output (loss=0.1,
+    /// loss: 0.1, {'loss': 0.1}) with its last, min and max, on stderr
+    #[arg(long)]
+    pub metrics: bool,
     /// Stop the command after DUR (e.g. 90s, 500ms, 2m, 1h; 0 = none); exit 124
     #[arg(long, value_name = "DUR")]
     timeout: Option<HumanDuration>,

@@ -5,6 +5,7 @@
 mod args;
 mod client;
 mod gpu_command;
+mod metrics_table;
 mod printer;
 mod reload_requests;
 mod run_command;
@@ -12,6 +13,7 @@ mod serve_args;
 mod serve_command;
 mod stop_requests;
 mod terminal_view;
+mod token;
 mod values;
 
 use args::Command;

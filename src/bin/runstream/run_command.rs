@@ -1,16 +1,16 @@
 //! `runstream run`: one command through the engine, in the foreground.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runstream::{Engine, EngineConfig, From, Next, RunSpec, RunState, RunStatus};
+use runstream::{Engine, EngineConfig, From, Next, RunSpec, RunState, RunStatus, SpawnErrorKind};
 
 use crate::args::RunArgs;
 use crate::printer::{Printer, Style};
-use crate::stop_requests;
+use crate::stop_requests::{self, StopRequest};
 use crate::terminal_view;
 
 /// Runs the command; returns the process exit status to use.
@@ -68,6 +68,9 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(t) = args.timeout() {
         spec = spec.timeout(t);
     }
+    // Listening before the command starts: a signal that comes as soon as it runs must
+    // stop it, not end runstream and leave it behind.
+    let requests = stop_requests::listen_with_hangup();
     let run = match engine.submit(spec) {
         Ok(run) => run,
         Err(e) => {
@@ -76,13 +79,14 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
-    // First SIGINT/SIGTERM (Windows: Ctrl-C/Ctrl-Break): graceful cancel. Second: kill.
-    let user_stopped = Arc::new(AtomicBool::new(false));
-    match stop_requests::listen() {
+    // First SIGINT/SIGTERM/SIGHUP (Windows: Ctrl-C/Ctrl-Break): graceful cancel. Second:
+    // kill. The first one's exit status is kept (0: none came).
+    let stopped_with = Arc::new(AtomicI32::new(0));
+    match requests {
         Ok(requests) => {
             let run = run.clone();
-            let user_stopped = Arc::clone(&user_stopped);
-            // On the live view, the message takes the bottom row (a progress bar's, which
+            let stopped_with = Arc::clone(&stopped_with);
+            // On the live view, a message takes the bottom row (a progress bar's, which
             // its next frame redraws below) instead of being written into it.
             let row = if terminal_view::same_terminal() {
                 terminal_view::ERASE_ROW
@@ -90,16 +94,27 @@ pub fn run(args: RunArgs) -> i32 {
                 ""
             };
             std::thread::spawn(move || {
-                for () in requests {
-                    if user_stopped.swap(true, Ordering::SeqCst) {
-                        eprintln!("{row}runstream: killing the process group");
-                        run.kill();
-                    } else {
-                        eprintln!(
+                for request in requests {
+                    let first = stopped_with
+                        .compare_exchange(
+                            0,
+                            request.exit_status(),
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        )
+                        .is_ok();
+                    // Stop first, say it after: after a hangup the terminal may be gone,
+                    // and stderr with it (a write gets EIO; `eprintln!` would panic).
+                    if first {
+                        run.cancel();
+                        let _ = writeln!(
+                            io::stderr(),
                             "{row}runstream: stopping ({}; press Ctrl-C again to kill)",
                             stop_requests::GRACEFUL
                         );
-                        run.cancel();
+                    } else {
+                        run.kill();
+                        let _ = writeln!(io::stderr(), "{row}runstream: killing the process group");
                     }
                 }
             });
@@ -108,23 +123,26 @@ pub fn run(args: RunArgs) -> i32 {
     }
 
     let printed = print_output(&run, args.json);
+    if args.metrics {
+        eprint!("{}", crate::metrics_table::render(&run.metrics()));
+    }
+    let stopped_with = stopped_with.load(Ordering::SeqCst);
     let code = match &printed.stdout_error {
+        // A hangup usually takes the terminal, and our stdout, with it: the hangup is
+        // what ended the run.
+        _ if stopped_with == StopRequest::Hangup.exit_status() => stopped_with,
         // Like a command killed by SIGPIPE: whoever read our output stopped reading.
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => 141,
         // Like coreutils' "write error" (the printer said why).
         Some(_) => 1,
         None => {
             let status = &printed.status;
-            let not_found = status
-                .error_message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("program not found"));
             exit_code(
                 status.status,
                 status.exit_code,
                 status.signal,
-                not_found,
-                user_stopped.load(Ordering::SeqCst),
+                status.spawn_error,
+                stopped_with,
             )
         }
     };
@@ -267,25 +285,25 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
     }
 }
 
-/// The child's code; 128+N for signal N; 124 on timeout; 130 when the user stopped it;
-/// 127/126 when it could not be started (`not_found`: the program does not exist). Also
-/// the exit status of `runstream start --follow`.
+/// The child's code; 128+N for signal N; 124 on timeout; `stopped_with` (130, or 129 for
+/// a hangup) when the user stopped it; 127/126 when it could not be started. Also the exit
+/// status of `runstream start --follow`.
 pub fn exit_code(
     state: RunState,
     exit_code: Option<i32>,
     signal: Option<i32>,
-    not_found: bool,
-    user_stopped: bool,
+    spawn_error: Option<SpawnErrorKind>,
+    stopped_with: i32,
 ) -> i32 {
     match state {
         RunState::TimedOut => 124,
-        RunState::Cancelled if user_stopped => 130,
+        RunState::Cancelled if stopped_with != 0 => stopped_with,
         _ => match (exit_code, signal) {
             (Some(code), _) => code,
             (None, Some(signal)) => 128 + signal,
-            // The engine's own entry already said why ("failed to start: …").
-            (None, None) if not_found => 127,
-            (None, None) => 126,
+            // The engine's own entry already said why ("failed to start: …"); the kind
+            // decides between 127 (not found) and 126 (found, could not start).
+            (None, None) => spawn_error.map_or(126, SpawnErrorKind::exit_status),
         },
     }
 }

@@ -26,9 +26,15 @@ pub struct ServeArgs {
     /// Runs and their logs (DIR/runs/{run_id}.json, .jsonl)
     #[arg(long, value_name = "DIR", default_value_os_t = ServerConfig::default().data_dir)]
     data_dir: PathBuf,
-    /// Require `Authorization: Bearer TOKEN`; needed to bind anything but loopback
+    /// Require `Authorization: Bearer TOKEN`; needed to bind anything but loopback.
+    /// Every local user can read it in the process list: prefer --token-file, or
+    /// RUNSTREAM_TOKEN (taken out of the environment at start, so runs do not inherit it)
     #[arg(long, env = "RUNSTREAM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from FILE's first line (kept out of the process list); it replaces
+    /// --token and RUNSTREAM_TOKEN
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Allow POST /api/runs with a raw argv
     #[arg(long)]
     allow_commands: bool,
@@ -68,6 +74,11 @@ pub struct ServeConfig {
 }
 
 impl ServeArgs {
+    /// The file `--token-file` names, read by `serve` before it starts.
+    pub fn token_file(&self) -> Option<&std::path::Path> {
+        self.token_file.as_deref()
+    }
+
     /// The library's settings: its defaults, with what the command line says on top.
     pub fn into_config(self) -> ServeConfig {
         let data_dir = self.data_dir;

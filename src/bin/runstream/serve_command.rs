@@ -8,11 +8,22 @@ use runstream::server::{Catalogue, Server};
 use runstream::Engine;
 
 use crate::serve_args::ServeArgs;
-use crate::{reload_requests, stop_requests};
+use crate::{reload_requests, stop_requests, token};
 
 /// Serves until a signal; returns the exit status.
 pub fn run(args: ServeArgs) -> i32 {
-    let args = args.into_config();
+    // Before any thread starts (the environment is not thread-safe); clap has read it.
+    token::scrub_env();
+    let token_file = args.token_file().map(token::read_file).transpose();
+    let mut args = args.into_config();
+    match token_file {
+        Ok(Some(token)) => args.server.token = Some(token),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("runstream: {e}");
+            return 2;
+        }
+    }
     let catalogue = match &args.modules {
         Some(path) => match Catalogue::load(path) {
             Ok(c) => c,
@@ -23,13 +34,14 @@ pub fn run(args: ServeArgs) -> i32 {
         },
         None => Catalogue::default(),
     };
-    if let Err(e) = std::fs::create_dir_all(args.server.data_dir.join("runs")) {
+    if let Err(e) = create_private_dir(&args.server.data_dir.join("runs")) {
         eprintln!(
             "runstream: cannot create data directory {}: {e}",
             args.server.data_dir.display()
         );
         return 1;
     }
+    warn_if_shared(&args.server.data_dir.join("runs"));
     let grace = args.engine.default_grace;
     let data_dir = args.server.data_dir.clone();
     let signal_rx = match stop_requests::listen() {
@@ -46,8 +58,11 @@ pub fn run(args: ServeArgs) -> i32 {
             return 1;
         }
     };
-    #[cfg(unix)]
-    raise_open_file_limit();
+    // Each connection takes descriptors, and the usual soft limit of 1024 would run out
+    // near 500 clients, well before --max-connections. Runs get the limit from before.
+    if let Some((before, after)) = runstream::raise_open_file_limit() {
+        log::debug!("open file limit raised from {before} to {after}");
+    }
     let open_to_any_site =
         args.server.cors_origin.as_deref() == Some("*") && args.server.token.is_none();
     let engine = Arc::new(Engine::new(args.engine));
@@ -103,29 +118,33 @@ pub fn run(args: ServeArgs) -> i32 {
     0
 }
 
-/// Raises the soft limit on open files to the hard one, as Go's runtime and most servers
-/// do: each connection takes two descriptors, and the usual soft limit of 1024 would run
-/// out near 500 clients, well before `--max-connections`.
-#[cfg(unix)]
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        // Some systems report an unlimited hard limit that setrlimit then refuses.
-        let wanted = limit.rlim_max.min(1 << 20);
-        if wanted <= limit.rlim_cur {
-            return;
-        }
-        let before = limit.rlim_cur;
-        limit.rlim_cur = wanted;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-            log::debug!("open file limit raised from {before} to {wanted}");
+/// Creates `dir` and its missing parents, each only for its owner (0700): the data dir
+/// holds every run's output and parameters. An existing directory keeps its mode (it may
+/// be shared on purpose, like /tmp); the files in it are 0600 anyway.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Says so when other users may enter `dir` (one made before runstream created it 0700,
+/// say): the files of older runs in it may be readable by them.
+fn warn_if_shared(dir: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode());
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "{} is open to other users (mode {:o}): runs' files hold their output and \
+                 parameters; new ones are 0600, older ones may not be (chmod 700 it)",
+                dir.display(),
+                mode & 0o777
+            );
         }
     }
+    #[cfg(not(unix))]
+    let _ = dir;
 }

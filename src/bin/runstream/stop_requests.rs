@@ -75,3 +75,64 @@ pub fn listen() -> Result<Receiver<()>, String> {
     }
     Ok(rx)
 }
+
+/// What asked `runstream run` to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopRequest {
+    /// SIGINT or SIGTERM (Windows: Ctrl-C, Ctrl-Break).
+    Stop,
+    /// SIGHUP: the terminal went away (closed window, lost ssh session).
+    Hangup,
+}
+
+impl StopRequest {
+    /// The exit status when this request stopped the command: 130 as for Ctrl-C, and 129
+    /// (128 + SIGHUP) for a hangup, what a shell reports for a job the hangup ended.
+    pub fn exit_status(self) -> i32 {
+        match self {
+            StopRequest::Stop => 130,
+            StopRequest::Hangup => 129,
+        }
+    }
+}
+
+/// Like [`listen`], and SIGHUP too. A run's command sits in a process group of its own,
+/// so a hangup never reaches it: were runstream to die of SIGHUP (the default), the
+/// command would live on, orphaned. `runstream run` stops it as for SIGTERM instead.
+#[cfg(unix)]
+pub fn listen_with_hangup() -> Result<Receiver<StopRequest>, String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::iterator::Signals;
+
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| e.to_string())?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let request = if signal == SIGHUP {
+                StopRequest::Hangup
+            } else {
+                StopRequest::Stop
+            };
+            if tx.send(request).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// On Windows there is no SIGHUP: closing the console is left to the default handler (see
+/// [`listen`]), and the job object takes the command with runstream.
+#[cfg(windows)]
+pub fn listen_with_hangup() -> Result<Receiver<StopRequest>, String> {
+    let requests = listen()?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for () in requests {
+            if tx.send(StopRequest::Stop).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -339,7 +339,12 @@ impl Iterator for ClientConnection {
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
-                Err(ReadError::ReadIoError(_)) => return None,
+                // runstream patch: said in the log (upstream closed without a word). Mostly
+                // the client closing its end between requests, hence debug.
+                Err(ReadError::ReadIoError(e)) => {
+                    log::debug!("closing a connection: {}", e);
+                    return None;
+                }
 
                 Ok(rq) => rq,
             };

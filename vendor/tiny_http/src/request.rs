@@ -191,7 +191,13 @@ where
             let mut offset = 0;
 
             while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
+                // runstream patch: a read on a socket with a read timeout (`read_tick`) fails
+                // with EINTR whenever a signal handler runs on this thread, SA_RESTART or
+                // not (signal(7)); upstream then closed the connection without an answer.
+                let read = match source_data.read(&mut buffer[offset..]) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    other => other?,
+                };
                 if read == 0 {
                     // the socket returned EOF, but we were before the expected content-length
                     // aborting

@@ -2,7 +2,7 @@
 //! `--follow`, streams the run's output like `runstream run` and exits with its status.
 
 use clap::Args;
-use runstream::RunState;
+use runstream::{RunState, SpawnErrorKind};
 use serde_json::{Map, Value};
 
 use super::http::{segment, Api, Connection};
@@ -91,18 +91,18 @@ fn typed(name: &str, kind: &str, text: &str) -> Result<Value, Failure> {
     }
 }
 
-/// The run's exit status, by `runstream run`'s rules.
+/// The run's exit status, by `runstream run`'s rules (a cancelled run: 130, as if
+/// stopped with Ctrl-C).
 fn exit_status(run: &Value) -> i32 {
     let state: RunState = serde_json::from_value(run["status"].clone()).unwrap_or(RunState::Failed);
-    let not_found = run["error_message"]
-        .as_str()
-        .is_some_and(|m| m.starts_with("program not found"));
+    let spawn_error: Option<SpawnErrorKind> =
+        serde_json::from_value(run["spawn_error"].clone()).ok();
     crate::run_command::exit_code(
         state,
         run["exit_code"].as_i64().map(|c| c as i32),
         run["signal"].as_i64().map(|s| s as i32),
-        not_found,
-        state == RunState::Cancelled,
+        spawn_error,
+        130,
     )
 }
 
@@ -132,8 +132,9 @@ mod tests {
         assert_eq!(status(json!({"status": "failed", "signal": 9})), 137);
         assert_eq!(status(json!({"status": "timed_out", "signal": 15})), 124);
         assert_eq!(status(json!({"status": "cancelled", "signal": 15})), 130);
+        assert_eq!(status(json!({"status": "failed"})), 126);
         assert_eq!(
-            status(json!({"status": "failed", "error_message": "program not found: x"})),
+            status(json!({"status": "failed", "spawn_error": "not_found"})),
             127
         );
     }

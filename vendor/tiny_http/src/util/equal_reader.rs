@@ -65,11 +65,18 @@ where
 {
     fn drop(&mut self) {
         let mut remaining_to_read = self.size;
+        // runstream patch: upstream allocated the whole unread rest at once, so one request
+        // claiming `Content-Length: 100000000000000`, answered without its body being read
+        // (413), aborted the server ("memory allocation failed"). The rest is now skipped
+        // through a small buffer; a client that stops sending is cut off by the socket's
+        // read timeout, and `max_connections` bounds how many may be skipping at once.
+        let mut buf = [0u8; 8192];
 
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
-
-            match self.reader.read(&mut buf) {
+            let want = remaining_to_read.min(buf.len());
+            match self.reader.read(&mut buf[..want]) {
+                // A signal handler ran (see request.rs): not the end of the body.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;

@@ -58,7 +58,7 @@ impl TaskPool {
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            let _ = pool.add_thread(None);
         }
 
         pool
@@ -74,23 +74,38 @@ impl TaskPool {
         // original check (`waiting == 0`) queued it behind busy threads, and with
         // long-lived connections (SSE) it could wait forever.
         if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
+            // runstream patch: when no thread can be made (the user's process limit), the
+            // task waits in the queue for the next thread that frees up, instead of being
+            // dropped (its connection closed with no answer).
+            if let Err(code) = self.add_thread(Some(code)) {
+                queue.push_back(code);
+                self.sharing.condvar.notify_one();
+            }
         } else {
             queue.push_back(code);
             self.sharing.condvar.notify_one();
         }
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    /// Starts a worker thread, running `initial_fn` first; gives `initial_fn` back when no
+    /// thread could be made.
+    fn add_thread(
+        &self,
+        initial_fn: Option<Box<dyn FnMut() + Send>>,
+    ) -> Result<(), Box<dyn FnMut() + Send>> {
         let sharing = self.sharing.clone();
+        // runstream patch: handed over through a slot, so that a failed spawn (which drops
+        // its closure) does not take the task with it.
+        let handed = Arc::new(Mutex::new(initial_fn));
+        let handed_in = Arc::clone(&handed);
 
         // runstream patch: `thread::spawn` panicked (in the accept thread, which then
-        // stopped for good) when the system could not make a thread; now that one
-        // connection is dropped and the server goes on.
+        // stopped for good) when the system could not make a thread.
         let spawned = thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
+            let initial_fn = handed_in.lock().unwrap().take();
             if let Some(mut f) = initial_fn {
                 f();
             }
@@ -133,7 +148,11 @@ impl TaskPool {
         });
         if let Err(e) = spawned {
             log::error!("Cannot start a thread for a new client: {}", e);
+            if let Some(task) = handed.lock().unwrap().take() {
+                return Err(task);
+            }
         }
+        Ok(())
     }
 }
 
