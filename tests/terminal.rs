@@ -207,7 +207,7 @@ fn the_train_example_ends_with_intact_lines_and_no_stale_bar() {
     let mut rows: Vec<&str> = screen.lines().collect();
     rows.sort_unstable();
     let mut direct = vec![
-        "training: epochs=3 steps=40 lr=0.001 optimizer=adam",
+        "training 3 epochs of 40 steps, lr 0.001, optimizer adam",
         "WARNING: no GPU found, training on CPU",
         "100%|##########| 40/40",
         "100%|##########| 40/40",
