@@ -40,9 +40,12 @@ pub struct EngineConfig {
     pub max_line_bytes: usize,
     /// Time between SIGTERM and SIGKILL when a run does not say otherwise. Defaults to 5 s.
     pub default_grace: Duration,
-    /// After the child exits, how long its output pipes may stay open with nothing coming
-    /// before the run finishes without them (a process that left the group, e.g. with
-    /// `setsid`, may hold them). Output that still flows is drained. Defaults to 500 ms.
+    /// After the child exits, how long its output pipes may stay open before the run
+    /// finishes without them (a process that left the group, e.g. with `setsid`, may hold
+    /// them). A deadline counted from the exit: output that keeps coming does not move it
+    /// (on Linux, where the pipes' holders can be found; elsewhere it counts from the last
+    /// byte). Output left in pipes that nobody else holds is drained whatever the time.
+    /// Defaults to 500 ms.
     pub leak_timeout: Duration,
     /// A partial line (no newline yet) is handed out as an `end: none` entry once its
     /// stream has been quiet this long, or at the latest ten times this long after it
@@ -54,6 +57,12 @@ pub struct EngineConfig {
     /// How often GPUs are sampled while runs are live or wait for GPU memory. Defaults to
     /// 1 s.
     pub gpu_sample_interval: Duration,
+    /// Put each run in a cgroup v2 of its own where one can be made (Linux, as root or
+    /// with a delegated cgroup): then no process of a run can get away from a stop, and
+    /// runs report CPU time and peak memory. Where none can be made, or with `false`, runs
+    /// are held by their process group alone. [`Engine::containment`](crate::Engine::containment)
+    /// says which is in use. Defaults to `true`.
+    pub cgroups: bool,
     /// Whether metrics are read from the output (see [`crate::metrics`]). Defaults to true.
     pub extract_metrics: bool,
 }
@@ -72,6 +81,7 @@ impl Default for EngineConfig {
             partial_flush: Duration::from_millis(100),
             gpu_source: None,
             gpu_sample_interval: Duration::from_secs(1),
+            cgroups: true,
             extract_metrics: true,
         }
     }
@@ -95,6 +105,7 @@ mod tests {
         assert_eq!(c.partial_flush, Duration::from_millis(100));
         assert!(c.gpu_source.is_none());
         assert_eq!(c.gpu_sample_interval, Duration::from_secs(1));
+        assert!(c.cgroups);
         assert!(c.extract_metrics);
     }
 }

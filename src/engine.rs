@@ -14,6 +14,7 @@ use crate::admission::Admission;
 use crate::capture::{OutputCapture, Subscription};
 use crate::deadline;
 use crate::gpu::GpuMonitor;
+use crate::process::{Containment, EngineContainment};
 use crate::run::{self, Control, RunContext, StopReason};
 use crate::{EngineConfig, From, RunSpec, RunState, RunStatus, Timestamp};
 
@@ -43,6 +44,7 @@ pub struct Engine {
     gpu: Arc<GpuMonitor>,
     runs: Mutex<Registry>,
     accepting: AtomicBool,
+    containment: Arc<EngineContainment>,
 }
 
 #[derive(Default)]
@@ -104,9 +106,18 @@ impl Engine {
                 admission.recheck();
             }
         }));
+        let containment = Arc::new(EngineContainment::detect(config.cgroups));
+        match &containment.info().reason {
+            None => log::debug!(
+                "runs are contained in cgroups under {:?}",
+                containment.info().cgroup_dir
+            ),
+            Some(why) => log::debug!("runs are contained in process groups: {why}"),
+        }
         Engine {
             admission,
             gpu,
+            containment,
             config: Arc::new(config),
             runs: Mutex::new(Registry::default()),
             accepting: AtomicBool::new(true),
@@ -116,6 +127,12 @@ impl Engine {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// How runs' processes are held together: in a cgroup of their own each, or by their
+    /// process group (job object on Windows), and why.
+    pub fn containment(&self) -> &Containment {
+        self.containment.info()
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -161,6 +178,10 @@ impl Engine {
             gpu_utilization_percent: None,
             gpu_memory_mb: spec.gpu_memory_mb,
             labels: spec.labels.clone(),
+            containment: None,
+            cgroup: None,
+            cpu_seconds: None,
+            memory_peak_bytes: None,
             metric_patterns: spec.metric_patterns.clone(),
         };
         let status_file = (self.config.log_dir.as_ref()).map(|d| d.join(format!("{run_id}.json")));
@@ -197,6 +218,7 @@ impl Engine {
             control: control_rx,
             admission: Arc::clone(&self.admission),
             gpu: Arc::clone(&self.gpu),
+            containment: Arc::clone(&self.containment),
             ticket,
         };
         let ticket_id = ctx.ticket.id;
@@ -381,11 +403,14 @@ impl RunHandle {
     /// Stops the run gracefully; callable from any thread, any number of times.
     ///
     /// A queued run is cancelled without ever being spawned. A live run's **whole process
-    /// group** gets SIGTERM (the child and every descendant that did not leave the group
-    /// with `setsid`/`setpgid`); when the grace period (the spec's, default 5 s) ends,
-    /// whatever is left of the group gets SIGKILL. A descendant that left the group is not
-    /// signalled; if it holds the output pipes, the run still finishes (see
-    /// `EngineConfig::leak_timeout`). The final state is `cancelled`.
+    /// group** gets SIGTERM, then SIGCONT (so that a stopped process runs its handler): the
+    /// child and every descendant that did not leave the group with `setsid`/`setpgid`.
+    /// With cgroup containment (Linux, see [`Engine::containment`]) every process of the
+    /// run's cgroup gets them too, and none can have left it. On Linux, processes outside
+    /// both that hold the run's output pipes get them as well, also after the child has
+    /// exited. When the grace period (the spec's, default 5 s) ends, whatever is left gets
+    /// SIGKILL (`cgroup.kill` for the cgroup). A descendant that left the group and holds
+    /// no pipe is not signalled without a cgroup. The final state is `cancelled`.
     ///
     /// On Windows the child and all its descendants are in a job object none of them can
     /// leave: the graceful step is `CTRL_BREAK_EVENT` to the child's console process group

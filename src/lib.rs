@@ -69,6 +69,9 @@ pub use engine::{Engine, RunHandle, SubmitError};
 pub use entry::{Entry, Level, LineEnd, Stream};
 pub use lines::{Line, LineSplitter};
 pub use process::raise_open_file_limit;
+#[cfg(target_os = "linux")]
+pub use process::reap_orphans;
+pub use process::Containment;
 pub use spawn_error::SpawnErrorKind;
 pub use spec::RunSpec;
 pub use status::{RunState, RunStatus};

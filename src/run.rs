@@ -16,7 +16,7 @@ use crate::deadline;
 use crate::gpu::GpuMonitor;
 use crate::logfile::LogWriter;
 use crate::metrics::{Joiner, MetricRules};
-use crate::process::{self, Signal};
+use crate::process::{self, EngineContainment, RunProcesses, Signal};
 use crate::spawn_error::SpawnError;
 use crate::{
     EngineConfig, Entry, Level, Line, LineEnd, LineSplitter, RunSpec, RunState, Stream, Timestamp,
@@ -93,6 +93,8 @@ pub(crate) struct RunContext {
     pub control: Receiver<Control>,
     pub admission: Arc<Admission>,
     pub gpu: Arc<GpuMonitor>,
+    /// Where the run's processes are held together (its cgroup, or its process group).
+    pub containment: Arc<EngineContainment>,
     /// The run's place in the admission queue, taken at submit.
     pub ticket: Ticket,
 }
@@ -198,27 +200,68 @@ fn run(ctx: RunContext) {
             format!("{why}; going on without it: entries evicted from memory are lost"),
         );
     }
+    let cgroup = match ctx.containment.create_run(&ctx.run_id) {
+        Ok(cgroup) => cgroup,
+        Err(why) => {
+            out.system(
+                Level::Warning,
+                format!("{why}; the run is held by its process group alone"),
+            );
+            None
+        }
+    };
+    if let Some(mb) = ctx.spec.memory_max_mb {
+        match process::limit_memory(cgroup.as_ref(), mb) {
+            Ok(()) => out.system(Level::Info, format!("memory limit {mb} MiB (memory.max)")),
+            Err(why) => out.system(
+                Level::Warning,
+                format!("memory_max_mb {mb} is not enforced: {why}"),
+            ),
+        }
+    }
+    // Marks every process of the run (its environment is inherited), so that crash
+    // recovery finds them without a cgroup too.
+    let spec = ctx.spec.clone().env(RUN_ID_VARIABLE, &ctx.run_id);
     let started_at = Some(Timestamp::now());
-    match process::spawn(&ctx.spec) {
+    let containment = ctx.containment.info();
+    let kind = process::run_kind(containment, cgroup.is_some());
+    let cgroup_dir = cgroup.as_ref().map(|c| format!("{}", c.dir().display()));
+    // Called before the child may run its program: with its pid (and cgroup) on disk, a
+    // crash of runstream from now on leaves nothing that recovery cannot find.
+    let on_pid = |pid: u32| {
+        ctx.capture.update_status(true, |s| {
+            s.status = RunState::Running;
+            s.waiting_for = None;
+            s.started_at = started_at;
+            s.pid = Some(pid);
+            s.process_start_time = process::process_start_time(pid);
+            s.containment = Some(kind.into());
+            s.cgroup = cgroup_dir.clone();
+        })
+    };
+    match process::spawn_contained(&spec, cgroup.as_ref(), &on_pid) {
         Ok(spawned) => {
-            ctx.capture.update_status(true, |s| {
-                s.status = RunState::Running;
-                s.waiting_for = None;
-                s.started_at = started_at;
-                s.pid = Some(spawned.pid);
-                s.process_start_time = process::process_start_time(spawned.pid);
-            });
+            let pipes = [&spawned.stdout, &spawned.stderr]
+                .into_iter()
+                .filter_map(process::pipe_inode)
+                .collect();
+            let procs = RunProcesses::new(spawned.group.clone(), cgroup, pipes);
             ctx.gpu
                 .track(ticket.id, &spawned.group, &ctx.run_id, &ctx.capture);
             // The supervisor untracks the run from the GPU monitor as it finishes.
             let (stdout, stderr) = (spawned.stdout, spawned.stderr);
-            let mut supervisor = Supervisor::new(&ctx, spawned.child, spawned.group, out);
+            let mut supervisor = Supervisor::new(&ctx, spawned.child, procs, out);
             match supervisor.start_threads(stdout, stderr) {
                 Ok(()) => supervisor.run(),
                 Err(e) => supervisor.fail_setup(e),
             }
         }
         Err(e) => {
+            process::discard_cgroup(cgroup);
+            ctx.capture.update_status(false, |s| {
+                s.pid = None; // the process that was forked never ran the program
+                s.process_start_time = None;
+            });
             ctx.gpu.cancel_reservation(ticket.id);
             out.system(Level::Error, format!("failed to start: {}", e.message));
             ctx.capture.finish(|s| {
@@ -232,6 +275,10 @@ fn run(ctx: RunContext) {
         }
     }
 }
+
+/// The environment variable every run's child gets: its run id. Crash recovery finds a lost
+/// run's processes by it (`/proc/PID/environ`), and a program can read its own run id.
+pub(crate) const RUN_ID_VARIABLE: &str = "RUNSTREAM_RUN_ID";
 
 /// Turns lines into entries and hands them, in batches, to the log file and the capture.
 struct Output {
@@ -442,7 +489,8 @@ fn progress_percent(message: &str, end: LineEnd) -> Option<f64> {
 struct Supervisor<'a> {
     ctx: &'a RunContext,
     out: Output,
-    group: process::ProcessGroup,
+    /// The group, the cgroup, and strays found holding the pipes.
+    procs: RunProcesses,
     child: Arc<SharedChild>,
     grace: Duration,
     splitters: [LineSplitter; 2],
@@ -460,7 +508,12 @@ struct Supervisor<'a> {
     /// When SIGKILL went to the group.
     killed_at: Option<Instant>,
     exit: Option<(Option<i32>, Option<i32>)>,
+    /// When the output pipes stop being waited for: a fixed time after the leader's exit
+    /// (`EngineConfig::leak_timeout`), not moved by output that keeps coming.
     leak_at: Option<Instant>,
+    /// Who held the pipes at the leak deadline (outside the group and cgroup), once it
+    /// passed with the pipes open.
+    leak_holders: Option<Vec<process::PipeHolder>>,
     group_poll_at: Option<Instant>,
     /// Set by `finish`; a supervisor dropped without it (a panic) kills its group.
     finished: bool,
@@ -472,14 +525,14 @@ impl<'a> Supervisor<'a> {
     fn new(
         ctx: &'a RunContext,
         child: SharedChild,
-        group: process::ProcessGroup,
+        procs: RunProcesses,
         out: Output,
     ) -> Supervisor<'a> {
         let max_line = ctx.config.max_line_bytes;
         Supervisor {
             ctx,
             out,
-            group,
+            procs,
             child: Arc::new(child),
             grace: ctx.spec.grace.unwrap_or(ctx.config.default_grace),
             splitters: [LineSplitter::new(max_line), LineSplitter::new(max_line)],
@@ -496,6 +549,7 @@ impl<'a> Supervisor<'a> {
             killed_at: None,
             exit: None,
             leak_at: None,
+            leak_holders: None,
             group_poll_at: None,
             finished: false,
         }
@@ -520,10 +574,13 @@ impl<'a> Supervisor<'a> {
         spawn_reader(Stream::Stderr, stderr, &watch, input_tx).map_err(thread_error)?;
         let (exit_tx, exited) = bounded(1);
         let waiter_child = Arc::clone(&self.child);
+        let pid = waiter_child.id();
         thread::Builder::new()
-            .name(format!("runstream-wait-{}", self.group.id()))
+            .name(format!("runstream-wait-{pid}"))
             .spawn(move || {
-                let _ = exit_tx.send(waiter_child.wait());
+                let status = waiter_child.wait();
+                process::leader_reaped(pid);
+                let _ = exit_tx.send(status);
             })
             .map_err(thread_error)?;
         self.exited = exited;
@@ -535,9 +592,10 @@ impl<'a> Supervisor<'a> {
     /// would run unwatched, its output lost, and stay a zombie of this process for ever.
     fn fail_setup(mut self, e: SpawnError) {
         self.finished = true;
-        let _ = self.group.signal(Signal::Kill);
+        let _ = self.procs.signal(Signal::Kill);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        process::leader_reaped(self.child.id());
         // Readers already started see EOF (the child is gone) or the stop pipe close.
         #[allow(clippy::drop_non_drop)]
         drop(self.stopper.take());
@@ -547,10 +605,13 @@ impl<'a> Supervisor<'a> {
             format!(
                 "failed to start: {}; process {} was killed",
                 e.message,
-                self.group.id()
+                self.procs.group().id()
             ),
         );
-        self.ctx.gpu.untrack(self.group.id());
+        if let Err(why) = self.procs.remove_cgroup() {
+            log::warn!("run {}: {why}", self.ctx.run_id);
+        }
+        self.ctx.gpu.untrack(self.procs.group().id());
         self.ctx.capture.finish(|s| {
             s.status = RunState::Failed;
             s.cancelling = false;
@@ -610,9 +671,9 @@ impl<'a> Supervisor<'a> {
 
     fn on_input(&mut self, first: Input) {
         let timestamp = Timestamp::now();
-        if self.exit.is_some() {
-            // Output still flowing after the exit is drained, not cut off: the leak
-            // deadline counts from the last byte.
+        if self.exit.is_some() && !process::CAN_FIND_PIPE_HOLDERS {
+            // Where who holds the pipes cannot be known, the leak deadline counts from the
+            // last byte, so that output still flowing is drained.
             self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
         }
         let mut lines = Vec::new();
@@ -665,49 +726,52 @@ impl<'a> Supervisor<'a> {
 
     fn on_exit(&mut self, status: Option<std::process::ExitStatus>) {
         self.exit = Some(status.map_or((None, None), process::exit_parts));
-        // Like a container or a systemd unit: what is left of the group goes too. (When a
-        // stop is under way the group already got SIGTERM, and SIGKILL is due.)
+        // Like a container or a systemd unit: what is left of the run goes too (its group,
+        // and with a cgroup every process in it). When a stop is under way, all of it got
+        // SIGTERM already, and SIGKILL is due.
         if self.killed_at.is_none() && self.stop_reason.is_none() {
-            let left = self.group.live_members();
+            let left = self.procs.alive();
             if !left.is_empty() {
-                let n = left.len();
+                let why = format!("{} process(es) of the run outlived the leader", left.len());
                 if self.grace.is_zero() {
-                    self.kill_now(&format!("{n} process(es) of the group outlived the leader"));
+                    self.kill_now(&why);
                 } else {
-                    self.signal(
-                        Signal::Term,
-                        &format!("{n} process(es) of the group outlived the leader"),
-                        "",
-                    );
+                    self.signal(Signal::Term, &why, "");
                     self.kill_at.get_or_insert(deadline::after(self.grace));
                 }
             }
         }
+        // A deadline, not a window that output moves forward: a process that left the
+        // group and keeps writing must not keep the run (and its cancel) waiting.
         self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
     }
 
-    /// Graceful stop: SIGTERM to the group now, SIGKILL when the grace period ends.
-    /// Cancel, timeout and shutdown all come through here.
+    /// Graceful stop: SIGTERM to the group (and cgroup, and the processes outside them
+    /// that hold the output pipes) now, SIGKILL when the grace period ends. Cancel,
+    /// timeout and shutdown all come through here.
     fn stop(&mut self, reason: StopReason) {
         if self.stop_reason.is_some() {
             return; // already stopping: stopping is idempotent
         }
         if self.exit.is_some() {
-            // The leader is gone and what outlived it is being stopped already (SIGTERM
-            // sent, SIGKILL due): the stop changes only how the run is reported. With
-            // nothing left alive, the run is just draining its output and completes.
-            if self.kill_at.is_some() || self.killed_at.is_some() {
-                self.stop_reason = Some(reason);
-                self.ctx
-                    .capture
-                    .update_status(true, |s| s.cancelling = true);
+            // A process that left the group but holds the pipes is the run's too.
+            let strays = self.procs.pipe_holders_outside();
+            self.procs.adopt(strays);
+            if self.procs.alive().is_empty() {
+                // The leader is gone and nothing of the run is alive: the run is just
+                // draining its output, and ends as its leader did.
+                return;
             }
-            return;
         }
         self.stop_reason = Some(reason);
         self.ctx
             .capture
             .update_status(true, |s| s.cancelling = true);
+        if self.kill_at.is_some() || self.killed_at.is_some() {
+            // What outlived the leader got SIGTERM already (and SIGKILL is due): the stop
+            // changes how the run is reported, and new strays get SIGKILL with the rest.
+            return;
+        }
         let why = match reason {
             StopReason::Cancelled => "cancel requested".to_string(),
             StopReason::Shutdown => "engine shutting down".to_string(),
@@ -726,6 +790,35 @@ impl<'a> Supervisor<'a> {
             );
             self.kill_at = Some(deadline::after(self.grace));
         }
+        // Looked for after the group got its signal, so that the stop is not delayed by
+        // the scan: a process that left the group but holds the pipes goes too.
+        let strays = self.procs.pipe_holders_outside();
+        self.stop_new_strays(strays, &why);
+    }
+
+    /// Adopts `strays` (processes outside the group holding the pipes) into a stop under
+    /// way: those not known yet get SIGTERM now (SIGKILL at once without a grace period),
+    /// and SIGKILL with the rest when the grace period ends.
+    fn stop_new_strays(&mut self, strays: Vec<process::PipeHolder>, why: &str) {
+        let new = self.procs.adopt(strays);
+        let signal = match self.grace.is_zero() || self.killed_at.is_some() {
+            true => Signal::Kill,
+            false => Signal::Term,
+        };
+        let reached: Vec<_> = new.into_iter().filter(|h| h.signal(signal)).collect();
+        if !reached.is_empty() {
+            self.out.system(
+                Level::Warning,
+                format!(
+                    "{why}: sent {} to {}, which held the output pipe",
+                    signal.name(),
+                    process::describe_holders(&reached)
+                ),
+            );
+        }
+        if signal == Signal::Term && self.kill_at.is_none() {
+            self.kill_at = Some(deadline::after(self.grace));
+        }
     }
 
     fn kill_now(&mut self, why: &str) {
@@ -739,25 +832,21 @@ impl<'a> Supervisor<'a> {
         self.killed_at.get_or_insert_with(Instant::now);
         self.kill_at = None;
         if self.exit.is_some() {
-            // Dying members release the pipes shortly: give them a fresh leak window.
+            // Dying processes release the pipes shortly: one more leak window, once.
             self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
         }
     }
 
-    /// Signals the group and logs "{why}: sent SIGTERM to process group N{note}", or
-    /// "{why}: could not send …: {error}".
+    /// Signals the run's processes and logs "{why}: sent SIGTERM to process group
+    /// N{note}", or "{why}: could not send …: {error}".
     fn signal(&mut self, signal: Signal, why: &str, note: &str) {
-        let id = self.group.id();
-        match self.group.signal(signal) {
-            Ok(true) => self.out.system(
-                Level::Warning,
-                format!("{why}: {}{note}", signal.sent_message(id)),
-            ),
-            Ok(false) => {}
-            Err(e) => self.out.system(
-                Level::Error,
-                format!("{why}: {}: {e}", signal.failure_message(id)),
-            ),
+        let id = self.procs.group().id();
+        match self.procs.signal(signal).message(signal, id) {
+            Some(Ok(sent)) => self
+                .out
+                .system(Level::Warning, format!("{why}: {sent}{note}")),
+            Some(Err(failed)) => self.out.system(Level::Error, format!("{why}: {failed}")),
+            None => {}
         }
         if signal == Signal::Kill && self.exit.is_none() {
             // The leader is unreaped, so its pid is still ours: also kill it directly in
@@ -775,8 +864,17 @@ impl<'a> Supervisor<'a> {
         }
         if due(self.kill_at) {
             self.kill_at = None;
-            if self.exit.is_none() || !self.group.live_members().is_empty() {
+            if self.exit.is_none() || !self.procs.alive().is_empty() {
                 self.kill_now("grace period ended");
+            }
+        }
+        if due(self.leak_at) && self.open_streams > 0 && self.leak_holders.is_none() {
+            if self.procs.pipes_held_by_others() {
+                self.on_leak_deadline();
+            } else {
+                // Every writer is gone: what is left in the pipes is finite (a slow run
+                // thread, a busy machine). Drain it all, looking again now and then.
+                self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
             }
         }
         for i in 0..2 {
@@ -799,22 +897,33 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Over when the leader has exited, its output is drained (or the pipes stayed open
-    /// but silent for the leak timeout), and nothing of its group is left alive (or, after
-    /// SIGKILL, what is left did not die within [`KILL_SETTLE`]).
+    /// The leader exited a while ago and its pipes are still open: finds who holds them,
+    /// for the log. During a stop, those outside the run's group get SIGTERM now and
+    /// SIGKILL with the rest when the grace period ends.
+    fn on_leak_deadline(&mut self) {
+        let holders = self.procs.pipe_holders_outside();
+        if self.stop_reason.is_some() {
+            self.stop_new_strays(holders.clone(), "stopping");
+        }
+        self.leak_holders = Some(holders);
+    }
+
+    /// Over when the leader has exited, its output is drained (or the leak deadline
+    /// passed with the pipes still open), and nothing of the run that is being stopped is
+    /// left alive (or, after SIGKILL, what is left did not die within [`KILL_SETTLE`]).
     fn is_done(&mut self) -> bool {
         if self.exit.is_none() {
             return false;
         }
         let leak_passed =
-            self.leak_at.is_some_and(|t| t <= Instant::now()) && self.input.is_empty();
+            self.leak_at.is_some_and(|t| t <= Instant::now()) && self.leak_holders.is_some();
         if self.open_streams > 0 && !leak_passed {
             return false;
         }
         if self.killed_at.is_none() && self.kill_at.is_none() {
-            return true; // nothing of the group outlived the leader
+            return true; // nothing of the run is being stopped
         }
-        let left = self.group.live_members();
+        let left = self.procs.alive();
         if left.is_empty() {
             return true;
         }
@@ -822,7 +931,7 @@ impl<'a> Supervisor<'a> {
             self.out.system(
                 Level::Error,
                 format!(
-                    "{} process(es) of the group still alive {} s after SIGKILL \
+                    "{} process(es) of the run still alive {} s after SIGKILL \
                      (stuck in uninterruptible sleep?): pids {left:?}; finished without them",
                     left.len(),
                     KILL_SETTLE.as_secs()
@@ -836,6 +945,13 @@ impl<'a> Supervisor<'a> {
 
     fn finish(mut self) {
         self.finished = true;
+        // What the readers had already read when the leak deadline passed.
+        for _ in 0..INPUT_CAPACITY {
+            match self.input.try_recv() {
+                Ok(input) => self.on_input(input),
+                Err(_) => break,
+            }
+        }
         let mut lines = Vec::new();
         for i in 0..2 {
             self.splitters[i].finish(&mut lines);
@@ -858,12 +974,34 @@ impl<'a> Supervisor<'a> {
         };
         self.out.system(level, message);
         if self.open_streams > 0 {
+            let holders = match self.leak_holders.take() {
+                Some(found) => found,
+                None => self.procs.pipe_holders_outside(),
+            };
+            let by = match holders.is_empty() {
+                true => "by a process that left its process group, e.g. with setsid".to_string(),
+                false => format!(
+                    "by {} (outside the run's process group, e.g. after setsid)",
+                    process::describe_holders(&holders)
+                ),
+            };
             self.out.system(
                 Level::Warning,
-                "the output pipe was still held open after the process exited (by a process \
-                 that left its process group, e.g. with setsid); finished without it"
-                    .into(),
+                format!(
+                    "the output pipe was still held open {} s after the process exited, \
+                     {by}; finished without it",
+                    self.ctx.config.leak_timeout.as_secs_f64()
+                ),
             );
+        }
+        let usage = self.procs.usage();
+        let oom = usage.oom_kills > 0 && self.stop_reason.is_none();
+        if oom {
+            self.out
+                .system(Level::Error, self.oom_message(usage.oom_kills));
+        }
+        if let Err(why) = self.procs.remove_cgroup() {
+            self.out.system(Level::Warning, why);
         }
         self.out.commit();
         // Wake readers still blocked on a pipe a stray process holds, so they exit. (On
@@ -873,10 +1011,12 @@ impl<'a> Supervisor<'a> {
         let state = match self.stop_reason {
             Some(StopReason::TimedOut) => RunState::TimedOut,
             Some(StopReason::Cancelled | StopReason::Shutdown) => RunState::Cancelled,
+            None if oom => RunState::Failed,
             None if exit_code == Some(0) => RunState::Completed,
             None => RunState::Failed,
         };
         let error_message = match state {
+            RunState::Failed if oom => Some(self.oom_message(usage.oom_kills)),
             RunState::Failed => {
                 Some(
                     self.out
@@ -898,8 +1038,10 @@ impl<'a> Supervisor<'a> {
         };
         // Untracked before the run reads as finished, so that whoever waited for the end
         // never sees a finished run in the GPU report.
-        self.ctx.gpu.untrack(self.group.id());
+        self.ctx.gpu.untrack(self.procs.group().id());
         self.ctx.capture.finish(|s| {
+            s.cpu_seconds = usage.cpu_seconds;
+            s.memory_peak_bytes = usage.memory_peak_bytes;
             s.status = state;
             s.cancelling = false;
             s.exit_code = exit_code;
@@ -910,13 +1052,25 @@ impl<'a> Supervisor<'a> {
     }
 }
 
+impl Supervisor<'_> {
+    /// "killed by the kernel's OOM killer (2 processes): the run reached its memory limit
+    /// of 100 MiB (memory_max_mb)".
+    fn oom_message(&self, kills: u64) -> String {
+        format!(
+            "killed by the kernel's OOM killer ({kills} process(es)): the run reached its \
+             memory limit of {} MiB (memory_max_mb)",
+            self.ctx.spec.memory_max_mb.unwrap_or_default()
+        )
+    }
+}
+
 impl Drop for Supervisor<'_> {
     fn drop(&mut self) {
         if !self.finished {
             // Unwinding from a bug: leave nothing of the run behind.
-            let _ = self.group.signal(Signal::Kill);
+            let _ = self.procs.signal(Signal::Kill);
             let _ = self.child.kill();
-            self.ctx.gpu.untrack(self.group.id());
+            self.ctx.gpu.untrack(self.procs.group().id());
         }
     }
 }

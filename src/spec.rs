@@ -40,6 +40,7 @@ pub struct RunSpec {
     pub(crate) module_id: String,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) gpu_memory_mb: u64,
+    pub(crate) memory_max_mb: Option<u64>,
     pub(crate) metric_patterns: Vec<String>,
 }
 
@@ -56,6 +57,7 @@ impl RunSpec {
             module_id: "cmd".into(),
             labels: BTreeMap::new(),
             gpu_memory_mb: 0,
+            memory_max_mb: None,
             metric_patterns: Vec::new(),
         }
     }
@@ -135,6 +137,17 @@ impl RunSpec {
     /// not held behind it. Defaults to 0 (no GPU needed).
     pub fn gpu_memory_mb(mut self, mb: u64) -> RunSpec {
         self.gpu_memory_mb = mb;
+        self
+    }
+
+    /// Most memory (MiB) the run's processes may use together: the kernel's OOM killer
+    /// acts beyond it, and the run then ends `failed` saying so. Enforced through the run's
+    /// cgroup, so only where the engine's containment has the `memory` controller
+    /// ([`Engine::containment`](crate::Engine::containment)); elsewhere the run goes on
+    /// with a warning entry that says the limit is not enforced. Zero means no limit.
+    /// Defaults to no limit.
+    pub fn memory_max_mb(mut self, mb: u64) -> RunSpec {
+        self.memory_max_mb = (mb > 0).then_some(mb);
         self
     }
 

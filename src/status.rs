@@ -129,6 +129,22 @@ pub struct RunStatus {
     /// may hold fewer, when it reached `EngineConfig::max_log_bytes`.
     #[serde(default)]
     pub total_entries: Option<u64>,
+    /// What held the run's processes together: `cgroup`, `process_group` or `job_object`
+    /// (see [`Containment`](crate::Containment)); `None` until it is spawned.
+    #[serde(default)]
+    pub containment: Option<String>,
+    /// The run's own cgroup (kind `cgroup`), written before the child is spawned, so that
+    /// after a crash whatever is left in it can be found and killed.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// CPU time of all the run's processes, seconds (`cpu.stat` of its cgroup), once it is
+    /// finished; `None` without a cgroup.
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    /// The most memory the run's processes used at once, bytes (`memory.peak` of its
+    /// cgroup), once it is finished; `None` without the memory controller.
+    #[serde(default)]
+    pub memory_peak_bytes: Option<u64>,
     /// The run's own metric patterns (from `RunSpec::metric_pattern`), kept so that its
     /// metrics can be read again from its log after a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

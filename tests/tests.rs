@@ -9,6 +9,10 @@ mod cli;
 #[cfg(unix)]
 mod client;
 #[cfg(unix)]
+mod containment;
+#[cfg(target_os = "linux")]
+mod crash_orphans;
+#[cfg(unix)]
 mod engine;
 #[cfg(unix)]
 mod gpu;
@@ -18,6 +22,8 @@ mod gpu_nvml;
 mod http_limits;
 #[cfg(unix)]
 mod metrics;
+#[cfg(target_os = "linux")]
+mod pid1;
 mod portable;
 #[cfg(unix)]
 mod proxy;

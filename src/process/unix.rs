@@ -16,7 +16,19 @@ use crate::spec::RunSpec;
 
 /// Spawns `spec` as the leader of a new process group, stdin null, stdout and stderr on two
 /// pipes. Errors are worded for a person ("working directory … does not exist").
+#[allow(dead_code)] // the name both platforms have; runs spawn through `spawn_with` here
 pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, SpawnError> {
+    spawn_with(spec, |_| {}, None)
+}
+
+/// [`spawn`], with `setup` adding to the command first (a pre-exec hook that joins a
+/// cgroup), and with `on_pid`, the child held between fork and exec until `on_pid` has
+/// returned with its pid (see `spawn_gate.rs`).
+pub(crate) fn spawn_with(
+    spec: &RunSpec,
+    setup: impl FnOnce(&mut std::process::Command),
+    on_pid: Option<&(dyn Fn(u32) + Sync)>,
+) -> Result<Spawned, SpawnError> {
     let PreparedCommand {
         mut command,
         stdout,
@@ -24,7 +36,15 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<Spawned, SpawnError> {
     } = prepare(spec)?;
     command.process_group(0);
     super::restore_open_file_limit(&mut command);
-    let child = SharedChild::spawn(&mut command).map_err(|e| SpawnError::from_spawn(spec, e))?;
+    setup(&mut command);
+    let child = match on_pid {
+        None => SharedChild::spawn(&mut command),
+        Some(on_pid) => super::SpawnGate::new()
+            .map_err(|e| SpawnError::resources("could not create a pipe", &e))?
+            .spawn(&mut command, on_pid, SharedChild::spawn)
+            .map_err(|e| SpawnError::resources("cannot create a thread", &e))?,
+    }
+    .map_err(|e| SpawnError::from_spawn(spec, e))?;
     // The Command holds our copies of the pipes' write ends: while they live, the readers
     // never see EOF. Drop it now.
     drop(command);
@@ -94,6 +114,10 @@ impl ProcessGroup {
 }
 
 /// Sends `signal` to every process in group `pgid`. `Ok(false)` when the group is gone.
+///
+/// SIGTERM is followed by SIGCONT, as systemd does: a stopped process (Ctrl-Z, a debugger,
+/// `kill -STOP`) would otherwise not run its SIGTERM handler until SIGKILL came, and a job
+/// that saves a checkpoint on SIGTERM would lose it.
 fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
     let sig = match signal {
         Signal::Term => libc::SIGTERM,
@@ -101,6 +125,10 @@ fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
     };
     // SAFETY: killpg has no memory-safety preconditions.
     if unsafe { libc::killpg(pgid as libc::pid_t, sig) } == 0 {
+        if signal == Signal::Term {
+            // SAFETY: as above.
+            unsafe { libc::killpg(pgid as libc::pid_t, libc::SIGCONT) };
+        }
         return Ok(true);
     }
     let err = io::Error::last_os_error();
@@ -116,6 +144,8 @@ fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
 pub(crate) struct ProcStat {
     pub pid: u32,
     pub state: u8,
+    /// The parent's pid.
+    pub ppid: u32,
     pub pgid: u32,
     /// Clock ticks after boot when the process started (field 22): with the pid, it names
     /// a process uniquely even after pids wrap around.
@@ -142,6 +172,7 @@ fn parse_stat(pid: u32, text: &str) -> Option<ProcStat> {
     Some(ProcStat {
         pid,
         state: *fields.first()?.as_bytes().first()?,
+        ppid: fields.get(1)?.parse().ok()?,
         pgid: fields.get(2)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
@@ -263,6 +294,7 @@ mod tests {
         let text = "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
         let s = parse_stat(4242, text).unwrap();
         assert_eq!((s.state, s.pgid, s.start_time), (b'S', 4240, 987654));
+        assert_eq!(s.ppid, 1);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The HTTP API: routing and one handler per endpoint (DESIGN.md's table).
+//! The HTTP API: routing and one handler per endpoint (the README lists them).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -222,6 +222,18 @@ fn health(state: &AppState) -> Value {
         "active_runs": live,
         "total_modules": state.catalogue.get().modules.len(),
         "catalogue": state.catalogue.health(),
+        "containment": containment_json(state.engine.containment()),
+    })
+}
+
+/// How runs' processes are held together: `{"kind": "cgroup", "cgroup_dir", "controllers"}`
+/// or `{"kind": "process_group", "reason"}`.
+fn containment_json(c: &crate::Containment) -> Value {
+    json!({
+        "kind": c.kind,
+        "cgroup_dir": c.cgroup_dir,
+        "controllers": c.controllers,
+        "reason": c.reason,
     })
 }
 
@@ -319,13 +331,14 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
             "body must be a JSON object with \"argv\"",
         ));
     };
-    const FIELDS: [&str; 6] = [
+    const FIELDS: [&str; 7] = [
         "argv",
         "cwd",
         "env",
         "timeout_seconds",
         "grace_seconds",
         "gpu_memory_mb",
+        "memory_max_mb",
     ];
     if let Some(extra) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::validation(format!(
@@ -394,6 +407,15 @@ fn start_command(state: &AppState, body: Value) -> Result<Reply, ApiError> {
                 ApiError::validation("\"gpu_memory_mb\" must be a non-negative integer")
             })?;
             spec = spec.gpu_memory_mb(mb);
+        }
+    }
+    match o.get("memory_max_mb") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let mb = v.as_u64().ok_or_else(|| {
+                ApiError::validation("\"memory_max_mb\" must be a non-negative integer")
+            })?;
+            spec = spec.memory_max_mb(mb);
         }
     }
     let params: BTreeMap<&str, &Value> = o.iter().map(|(k, v)| (k.as_str(), v)).collect();

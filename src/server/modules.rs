@@ -47,6 +47,11 @@ pub struct Module {
     /// GPU memory (MiB) the run needs free before it starts; 0 for none.
     #[serde(default)]
     pub gpu_memory_mb: u64,
+    /// Most memory (MiB) the run's processes may use together, enforced by its cgroup
+    /// where the memory controller is available (see `RunSpec::memory_max_mb`); 0 for no
+    /// limit.
+    #[serde(default)]
+    pub memory_max_mb: u64,
     /// Parameters by name.
     #[serde(default)]
     pub parameters: BTreeMap<String, Parameter>,
@@ -252,7 +257,9 @@ impl Catalogue {
         if let Some(g) = module.grace_seconds {
             spec = spec.grace(duration("grace_seconds", g)?);
         }
-        spec = spec.gpu_memory_mb(module.gpu_memory_mb);
+        spec = spec
+            .gpu_memory_mb(module.gpu_memory_mb)
+            .memory_max_mb(module.memory_max_mb);
         for pattern in &module.metric_patterns {
             spec = spec.metric_pattern(pattern);
         }

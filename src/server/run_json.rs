@@ -44,6 +44,10 @@ pub fn run_json(status: &RunStatus) -> Value {
         "gpu_memory_peak_bytes": status.gpu_memory_peak_bytes,
         "gpu_utilization_percent": status.gpu_utilization_percent,
         "waiting_for": status.waiting_for,
+        "containment": status.containment,
+        "cgroup": status.cgroup,
+        "cpu_seconds": status.cpu_seconds,
+        "memory_peak_bytes": status.memory_peak_bytes,
         "labels": labels,
     })
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 #[cfg(unix)]
-use crate::process::{self, ProcessGroup, Signal};
+use crate::process::{self, PipeHolder, ProcessGroup, Signal};
 use crate::{Engine, RunState, RunStatus, Timestamp};
 
 /// Error message of a run that was live when the server stopped.
@@ -78,51 +78,91 @@ pub fn recover(engine: &Engine, dir: &Path, grace: Duration) -> (usize, usize) {
     (engine.list().len(), lost)
 }
 
-/// SIGTERM, then SIGKILL after `grace`, to what is left of a lost run's process group, in
-/// the background. The group is only touched when its leader is gone or is still the
-/// very process we started (same start time), and when no member is older than that
-/// leader (our leader's descendants all started after it): a reused pid is never
-/// signalled. What this cannot tell apart: our group died entirely, its id was reused by a
-/// new group whose leader then exited too — possible only after the pid space wrapped
-/// around in between, and then only members younger than our leader are at risk.
+/// SIGTERM, then SIGKILL after `grace`, to what is left of a lost run, in the background:
+/// every process of its cgroup (Linux, when it had one), its process group, and every
+/// process marked with its run id (`RUNSTREAM_RUN_ID` in the environment it started with),
+/// which finds them even when the server died before the run's pid reached the disk.
 #[cfg(unix)]
 fn terminate_leftovers(status: &RunStatus, grace: Duration) {
-    let Some(pgid) = status.pid else { return };
+    #[cfg(target_os = "linux")]
+    if let Some(dir) = status.cgroup.clone() {
+        let run_id = status.run_id.clone();
+        std::thread::spawn(move || {
+            match process::stop_lost_cgroup(std::path::Path::new(&dir), grace) {
+                Ok(0) => {}
+                Ok(n) => log::warn!("run {run_id}: stopped {n} process(es) left in cgroup {dir}"),
+                Err(e) => log::warn!("run {run_id}: cannot clean up cgroup {dir}: {e}"),
+            }
+        });
+    }
+    let group = lost_group(status);
+    let marked = process::marked_processes(crate::run::RUN_ID_VARIABLE, &status.run_id);
+    if group.is_none() && marked.is_empty() {
+        return;
+    }
+    log::warn!(
+        "run {}: terminating what is left of it: {}{}",
+        status.run_id,
+        group
+            .as_ref()
+            .map_or(String::new(), |g| format!("process group {}; ", g.id())),
+        process::describe_holders(&marked)
+    );
+    if let Some(group) = &group {
+        let _ = group.signal(Signal::Term);
+    }
+    for p in &marked {
+        p.signal(Signal::Term);
+    }
+    let run_id = status.run_id.clone();
+    std::thread::spawn(move || {
+        let alive = || {
+            group.as_ref().is_some_and(|g| !g.live_members().is_empty())
+                || marked.iter().any(PipeHolder::is_alive)
+        };
+        let deadline = crate::deadline::after(grace);
+        while std::time::Instant::now() < deadline {
+            if !alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        log::warn!("run {run_id}: grace period ended, sending SIGKILL to what is left");
+        if let Some(group) = &group {
+            let _ = group.signal(Signal::Kill);
+        }
+        for p in &marked {
+            p.signal(Signal::Kill);
+        }
+    });
+}
+
+/// A lost run's process group, if something of it is alive and it is still ours. The
+/// group is only touched when its leader is gone or is still the very process we started
+/// (same start time), and when no member is older than that leader (our leader's
+/// descendants all started after it): a reused pid is never signalled. What this cannot
+/// tell apart: our group died entirely, its id was reused by a new group whose leader then
+/// exited too — possible only after the pid space wrapped around in between, and then
+/// only members younger than our leader are at risk.
+#[cfg(unix)]
+fn lost_group(status: &RunStatus) -> Option<ProcessGroup> {
+    let pgid = status.pid?;
     if let Some(leader) = process::proc_stat(pgid) {
         if status.process_start_time != Some(leader.start_time) || leader.pgid != pgid {
-            return; // the pid now belongs to another process
+            return None; // the pid now belongs to another process
         }
     }
     let group = ProcessGroup::from_id(pgid);
     let members = group.live_members();
-    if members.is_empty() {
-        return;
-    }
     let older_than_leader = |pid: &u32| {
         process::proc_stat(*pid)
             .zip(status.process_start_time)
             .is_some_and(|(stat, leader_start)| stat.start_time < leader_start)
     };
-    if members.iter().any(older_than_leader) {
-        return; // a process older than our leader: this group is not ours
+    if members.is_empty() || members.iter().any(older_than_leader) {
+        return None; // nothing left, or a process older than our leader: not ours
     }
-    log::warn!(
-        "run {}: terminating what is left of process group {pgid}",
-        status.run_id
-    );
-    let _ = group.signal(Signal::Term);
-    let run_id = status.run_id.clone();
-    std::thread::spawn(move || {
-        let deadline = crate::deadline::after(grace);
-        while std::time::Instant::now() < deadline {
-            if group.live_members().is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        log::warn!("run {run_id}: grace period ended, sending SIGKILL to process group {pgid}");
-        let _ = group.signal(Signal::Kill);
-    });
+    Some(group)
 }
 
 /// Nothing to do on Windows: a run's processes were in a job object whose only handle was

@@ -68,6 +68,12 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(t) = args.timeout() {
         spec = spec.timeout(t);
     }
+    // As a container's PID 1 (or under one that does not reap), orphans of the command
+    // come to us: reap them, as tini does. Elsewhere, as a subreaper, they come to us too.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = runstream::reap_orphans() {
+        eprintln!("runstream: cannot reap orphans (PR_SET_CHILD_SUBREAPER): {e}");
+    }
     // Listening before the command starts: a signal that comes as soon as it runs must
     // stop it, not end runstream and leave it behind.
     let requests = stop_requests::listen_with_hangup();

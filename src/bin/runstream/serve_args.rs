@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Allow POST /api/runs with a raw argv
     #[arg(long)]
     allow_commands: bool,
+    /// Hold runs by their process groups only, even where a cgroup could be made for each
+    /// (see docs/PLATFORMS.md)
+    #[arg(long)]
+    no_cgroups: bool,
     /// Allow a browser app on ORIGIN (or *) to call the API
     #[arg(long, value_name = "ORIGIN", value_parser = parse_origin)]
     cors_origin: Option<String>,
@@ -99,6 +103,7 @@ impl ServeArgs {
             default_grace: self.grace.0,
             max_log_bytes: Some(self.max_log_size.0).filter(|&n| n > 0),
             log_dir: Some(data_dir.join("runs")),
+            cgroups: !self.no_cgroups,
             ..EngineConfig::default()
         };
         ServeConfig {

@@ -44,6 +44,12 @@ pub fn run(args: ServeArgs) -> i32 {
     warn_if_shared(&args.server.data_dir.join("runs"));
     let grace = args.engine.default_grace;
     let data_dir = args.server.data_dir.clone();
+    // Processes that leave a run (setsid, double fork) stay our children: found, stopped
+    // and reaped here rather than by init.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = runstream::reap_orphans() {
+        log::warn!("cannot become a child subreaper, orphans of runs go to init: {e}");
+    }
     let signal_rx = match stop_requests::listen() {
         Ok(s) => s,
         Err(e) => {
@@ -66,6 +72,14 @@ pub fn run(args: ServeArgs) -> i32 {
     let open_to_any_site =
         args.server.cors_origin.as_deref() == Some("*") && args.server.token.is_none();
     let engine = Arc::new(Engine::new(args.engine));
+    let containment = engine.containment();
+    match (&containment.cgroup_dir, &containment.reason) {
+        (Some(dir), _) => log::info!("each run in a cgroup of its own under {}", dir.display()),
+        (None, why) => log::warn!(
+            "runs are held by their process groups (a process can leave with setsid): {}",
+            why.as_deref().unwrap_or("no cgroups here")
+        ),
+    }
     let server = match Server::start(Arc::clone(&engine), catalogue, args.server) {
         Ok(s) => Arc::new(s),
         Err(e) => {
