@@ -89,7 +89,7 @@ impl Admission {
         s.next_ticket += 1;
         s.waiting.push_back(Waiting {
             id,
-            gpu_bytes: gpu_memory_mb << 20,
+            gpu_bytes: gpu_memory_mb.saturating_mul(1 << 20),
             tx,
             tell,
             told: None,

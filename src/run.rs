@@ -39,10 +39,21 @@ pub(crate) enum StopReason {
     TimedOut,
 }
 
-/// What the reader threads send.
+/// What the reader threads send. A chunk carries the time its `read()` returned: the two
+/// readers send on one channel, and one may be descheduled between its read and its send,
+/// so the channel's order alone could put a later stdout read before an earlier stderr
+/// one. The run thread orders what is waiting by this time (see `on_input`).
 enum Input {
-    Chunk(Stream, Vec<u8>),
+    Chunk(Stream, Vec<u8>, Timestamp),
     Eof(Stream),
+}
+
+impl Input {
+    fn stream(&self) -> Stream {
+        match self {
+            Input::Chunk(stream, _, _) | Input::Eof(stream) => *stream,
+        }
+    }
 }
 
 /// Chunks in flight between the readers and the run thread. When the run thread falls
@@ -294,6 +305,8 @@ struct Output {
     open_line_level: [Option<Level>; 2],
     /// Set while the log cannot be written (a full disk).
     log_failure: Option<LogFailure>,
+    /// The latest entry's timestamp: entries' timestamps never decrease.
+    last_timestamp: Timestamp,
     /// How metrics are found in the run's lines (`None`: they are not looked for), and
     /// the lines in pieces being joined.
     metric_rules: Option<MetricRules>,
@@ -326,6 +339,7 @@ impl Output {
             progress: None,
             open_line_level: [None, None],
             log_failure: None,
+            last_timestamp: Timestamp::from_micros(i64::MIN),
             // The spec was validated at submit: its patterns compile.
             metric_rules: ctx
                 .config
@@ -357,7 +371,7 @@ impl Output {
         }
         let mut entry = Entry::new(
             self.next_seq,
-            timestamp,
+            self.monotonic(timestamp),
             stream,
             level,
             line.message,
@@ -372,6 +386,14 @@ impl Output {
         self.push(entry);
     }
 
+    /// `ts`, or the previous entry's timestamp if that is later: read times order one
+    /// batch, and a chunk read before the previous batch's (its reader was descheduled
+    /// before sending) still never goes back in time.
+    fn monotonic(&mut self, ts: Timestamp) -> Timestamp {
+        self.last_timestamp = ts.max(self.last_timestamp);
+        self.last_timestamp
+    }
+
     fn push(&mut self, mut entry: Entry) {
         if self.log_would_pass_limit(entry.json().len() as u64 + 1) {
             // The warning goes in first, as the log's last entry: the file passes its limit
@@ -379,7 +401,9 @@ impl Output {
             let metrics: Box<[crate::metrics::Metric]> = entry.metrics().into();
             self.end_full_log();
             let message = std::mem::take(&mut entry.message);
-            let (ts, stream, level, end) = (entry.timestamp, entry.stream, entry.level, entry.end);
+            // Not before the warning: timestamps never go back.
+            let ts = self.monotonic(entry.timestamp);
+            let (stream, level, end) = (entry.stream, entry.level, entry.end);
             entry = Entry::new(self.next_seq, ts, stream, level, message, end);
             entry.set_metrics(metrics);
         }
@@ -401,7 +425,7 @@ impl Output {
         if let Some(failure) = self.log_failure.as_mut() {
             failure.retry_at = Instant::now();
         }
-        let now = Timestamp::now();
+        let now = self.monotonic(Timestamp::now());
         let entry = Entry::new(
             self.next_seq,
             now,
@@ -779,13 +803,18 @@ impl<'a> Supervisor<'a> {
             self.leak_at = Some(deadline::after(self.ctx.config.leak_timeout));
         }
         let mut lines = Vec::new();
-        let mut next = Some(first);
         // Take what else is already waiting, so one batch (one lock, one wake-up) covers
-        // many reads when the child is fast.
-        let mut taken = 0;
-        while let Some(input) = next.take() {
+        // many reads when the child is fast; then put it in read order.
+        let mut waiting = vec![first];
+        while waiting.len() < INPUT_CAPACITY {
+            match self.input.try_recv() {
+                Ok(input) => waiting.push(input),
+                Err(_) => break,
+            }
+        }
+        for input in in_read_order(waiting) {
             match input {
-                Input::Chunk(stream, bytes) => {
+                Input::Chunk(stream, bytes, timestamp) => {
                     let i = stream_index(stream);
                     self.splitters[i].push(&bytes, &mut lines);
                     for line in lines.drain(..) {
@@ -816,10 +845,6 @@ impl<'a> Supervisor<'a> {
                     self.pending_since[i] = None;
                     self.open_streams -= 1;
                 }
-            }
-            taken += 1;
-            if taken < INPUT_CAPACITY {
-                next = self.input.try_recv().ok();
             }
         }
         self.out.commit();
@@ -1186,6 +1211,30 @@ fn stream_index(stream: Stream) -> usize {
     }
 }
 
+/// Chunks waiting from both readers, in the order they were read (a stable sort: one
+/// stream's chunks are already in order; an end of file stays right after its stream's
+/// last chunk).
+fn in_read_order(waiting: Vec<Input>) -> Vec<Input> {
+    // One stream only (the usual case): already in order.
+    let first = waiting.first().map(Input::stream);
+    if waiting.iter().all(|input| Some(input.stream()) == first) {
+        return waiting;
+    }
+    let mut last_read = [Timestamp::from_micros(i64::MIN); 2];
+    let mut keyed: Vec<(Timestamp, Input)> = waiting
+        .into_iter()
+        .map(|input| {
+            let i = stream_index(input.stream());
+            if let Input::Chunk(_, _, at) = &input {
+                last_read[i] = *at;
+            }
+            (last_read[i], input)
+        })
+        .collect();
+    keyed.sort_by_key(|(at, _)| *at);
+    keyed.into_iter().map(|(_, input)| input).collect()
+}
+
 fn spawn_reader(
     stream: Stream,
     mut pipe: os_pipe::PipeReader,
@@ -1199,7 +1248,8 @@ fn spawn_reader(
         loop {
             match process::read_or_stop(&mut pipe, &watch, &mut buf) {
                 Ok(Some(n)) if n > 0 => {
-                    if tx.send(Input::Chunk(stream, buf[..n].to_vec())).is_err() {
+                    let chunk = Input::Chunk(stream, buf[..n].to_vec(), Timestamp::now());
+                    if tx.send(chunk).is_err() {
                         return; // the run is over
                     }
                     // A child that writes many small pieces back to back (python -u: two
@@ -1244,5 +1294,40 @@ mod tests {
         assert_eq!(progress_percent("\u{fffd}12%", LineEnd::Cr), Some(12.0));
         assert_eq!(progress_percent("é%|", LineEnd::Lf), None);
         assert_eq!(progress_percent("%", LineEnd::Cr), None);
+    }
+
+    #[test]
+    fn waiting_chunks_are_taken_in_read_order() {
+        let at = Timestamp::from_micros;
+        let chunk = |s, text: &str, t| Input::Chunk(s, text.as_bytes().to_vec(), at(t));
+        // The stderr reader read first but sent last.
+        let waiting = vec![
+            chunk(Stream::Stdout, "a", 20),
+            chunk(Stream::Stdout, "b", 30),
+            Input::Eof(Stream::Stdout),
+            chunk(Stream::Stderr, "x", 10),
+            chunk(Stream::Stderr, "y", 25),
+            Input::Eof(Stream::Stderr),
+        ];
+        let got: Vec<String> = in_read_order(waiting)
+            .iter()
+            .map(|input| match input {
+                Input::Chunk(s, bytes, _) => {
+                    format!("{}:{}", s.as_str(), String::from_utf8_lossy(bytes))
+                }
+                Input::Eof(s) => format!("{}:eof", s.as_str()),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "stderr:x",
+                "stdout:a",
+                "stderr:y",
+                "stderr:eof",
+                "stdout:b",
+                "stdout:eof"
+            ]
+        );
     }
 }

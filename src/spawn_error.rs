@@ -80,7 +80,8 @@ impl SpawnError {
             },
             io::ErrorKind::PermissionDenied => SpawnError::new(
                 SpawnErrorKind::PermissionDenied,
-                format!("permission denied executing {name}"),
+                unrunnable_interpreter(spec)
+                    .unwrap_or_else(|| format!("permission denied executing {name}")),
             ),
             _ if is_resource_error(&e) => SpawnError::new(
                 SpawnErrorKind::Resources,
@@ -126,23 +127,12 @@ fn missing_interpreter(spec: &RunSpec) -> Option<String> {
     let n = file.read(&mut head).ok()?;
     let head = &head[..n];
     let shown = path.display();
-    if let Some(line) = head.strip_prefix(b"#!") {
-        // The kernel takes the interpreter up to the first blank or newline: a `\r` of a
-        // CRLF line is part of its name.
-        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
-        let line = line.strip_prefix(b" ").unwrap_or(line);
-        let name: Vec<u8> = line
-            .iter()
-            .copied()
-            .skip_while(|b| *b == b' ' || *b == b'\t')
-            .take_while(|b| *b != b' ' && *b != b'\t')
-            .collect();
-        let name = String::from_utf8_lossy(&name);
+    if let Some(name) = shebang_interpreter(head) {
         // Debug formatting shows a `\r` (and any other control character) visibly.
         let mut message = format!(
             "interpreter not found: {shown} names {:?} in its #! line, and there is no such \
              program",
-            name.as_ref()
+            name.as_str()
         );
         if name.ends_with('\r') {
             message.push_str(
@@ -159,6 +149,42 @@ fn missing_interpreter(spec: &RunSpec) -> Option<String> {
         ));
     }
     None
+}
+
+/// The interpreter a `#!` line names. The kernel takes it up to the first blank or
+/// newline: a `\r` of a CRLF line is part of its name.
+fn shebang_interpreter(head: &[u8]) -> Option<String> {
+    let line = head.strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    let name: Vec<u8> = line
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ' || *b == b'\t')
+        .take_while(|b| *b != b' ' && *b != b'\t')
+        .collect();
+    Some(String::from_utf8_lossy(&name).into_owned())
+}
+
+/// When `exec` said EACCES for a program that may be executed (it has an x bit), what
+/// cannot be executed is the interpreter its `#!` line names (a directory, a file without
+/// the x bit). Says which, so that nobody runs chmod on the script in vain.
+fn unrunnable_interpreter(spec: &RunSpec) -> Option<String> {
+    let path = find_program(spec)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(&path).ok()?.permissions().mode() & 0o111 == 0 {
+            return None;
+        }
+    }
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(&path).ok()?.read(&mut head).ok()?;
+    let name = shebang_interpreter(&head[..n]).filter(|n| !n.is_empty())?;
+    Some(format!(
+        "permission denied: {} names {name:?} in its #! line, which cannot be executed \
+         (a directory, a file without the x bit, or a noexec mount)",
+        path.display()
+    ))
 }
 
 /// Where `exec` found (or would find) `spec`'s program: a path with a `/` is taken as it

@@ -151,6 +151,27 @@ fn a_gpu_run_waits_for_memory_without_holding_back_other_runs() {
     }
 }
 
+/// `gpu_memory_mb` of 2^44 (16 EiB) or more wrapped to 0 bytes when turned into bytes,
+/// so an absurd request started at once as if it needed no GPU.
+#[test]
+fn a_huge_gpu_memory_request_waits_instead_of_wrapping_to_nothing() {
+    let gpu = FakeGpu::new(32 * GIB);
+    let engine = engine_with(gpu, 8);
+    for mb in [1 << 44, u64::MAX] {
+        let run = engine
+            .submit(RunSpec::new("sleep").arg("100").gpu_memory_mb(mb))
+            .unwrap();
+        let status = run.status();
+        assert_eq!(
+            (status.status, status.waiting_for.as_deref(), status.pid),
+            (RunState::Queued, Some("gpu_memory"), None),
+            "{mb} MiB"
+        );
+        run.cancel();
+        assert_eq!(run.wait().status, RunState::Cancelled);
+    }
+}
+
 #[test]
 fn promised_memory_counts_as_taken_until_the_driver_sees_it() {
     let gpu = FakeGpu::new(5 * GIB);

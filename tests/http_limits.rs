@@ -356,3 +356,45 @@ fn a_body_with_invalid_or_ambiguous_framing_gets_400_and_the_connection_closes()
     assert_eq!(status, 202, "{run}");
     server.shutdown(Duration::from_secs(5));
 }
+
+/// A request line with `HTTP/2.0` or `HTTP/3.0` got a 505 that was never flushed: the
+/// client waited until it gave up, and the request's unread body was parsed as the next
+/// request on the connection.
+#[test]
+fn an_unsupported_http_version_gets_505_at_once_and_the_connection_closes() {
+    let (server, _dir) = start(ServerConfig::default());
+    let addr = server.addr();
+    let smuggled = "GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    for version in ["HTTP/2.0", "HTTP/3.0"] {
+        let mut stream = connect(addr);
+        write!(
+            stream,
+            "POST /api/runs {version}\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .unwrap();
+        let responses = responses_until_close(&mut stream);
+        assert_eq!(responses.len(), 1, "{version}: {responses:?}");
+        let (status, body) = &responses[0];
+        assert_eq!(*status, 505, "{version}: {body}");
+        assert!(body["detail"].is_string(), "{version}: {body}");
+    }
+    assert_eq!(health(addr), 200);
+    server.shutdown(Duration::from_secs(5));
+}
+
+/// A chunked body that cannot be decoded is a request that is not HTTP: 400
+/// `BAD_REQUEST`, not `VALIDATION_ERROR` (which is 422 everywhere else).
+#[test]
+fn an_undecodable_chunked_body_gets_400_bad_request() {
+    let (server, _dir) = start(ServerConfig::default());
+    let mut stream = connect(server.addr());
+    stream
+        .write_all(
+            b"POST /api/runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+    assert_error(response_until_close(&mut stream), 400, "BAD_REQUEST");
+    server.shutdown(Duration::from_secs(5));
+}

@@ -95,6 +95,28 @@ fn a_missing_interpreter_is_named_and_its_kind_kept_in_the_status() {
     assert_eq!(kind(RunSpec::new("true")), None);
 }
 
+/// The sibling of 16.8: `exec` says EACCES when a script's `#!` line names something that
+/// cannot be executed (a directory, a file without the x bit), and the run said
+/// "permission denied executing <the script>", which is executable: chmod did not help.
+/// The message names the interpreter; the kind stays `permission_denied` (exit 126).
+#[test]
+fn an_interpreter_that_cannot_be_executed_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, "not a program\n").unwrap();
+    for interpreter in [dir.path().to_path_buf(), data] {
+        let shown = interpreter.display().to_string();
+        let path = script(dir.path(), "s.sh", &format!("#!{shown}\necho hi\n"));
+        let status = engine.submit(RunSpec::new(&path)).unwrap().wait();
+        assert_eq!(status.status, RunState::Failed);
+        assert_eq!(status.spawn_error, Some(SpawnErrorKind::PermissionDenied));
+        let message = status.error_message.unwrap();
+        assert!(message.contains(&format!("{shown:?}")), "{message}");
+        assert!(message.contains("#! line"), "{message}");
+    }
+}
+
 /// The in-process server that
 /// `a_signal_during_a_request_body_read_does_not_drop_the_connection` drives, in a
 /// process of its own (that test signals every thread of it). A no-op unless

@@ -1178,3 +1178,82 @@ fn modules_reload_needs_the_token_and_swaps_the_catalogue() {
         "INVALID_STATE",
     );
 }
+
+/// `POST /api/runs` refuses an env name with `=` or NUL, or a NUL anywhere, but the
+/// catalogue took them: `{"A=B": "c"}` gave the child `A=B=c` (that is, `A` = `B=c`), and
+/// a NUL failed every run of the module at spawn. A reload refuses them, naming the field.
+#[test]
+fn a_catalogue_with_env_names_or_nuls_the_api_refuses_is_refused_at_reload() {
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("modules.json");
+    let write = |module: Value| {
+        std::fs::write(&file, json!({"modules": {"m": module}}).to_string()).unwrap()
+    };
+    write(json!({"name": "M", "program": "echo"}));
+    let s = start_with(
+        EngineConfig::default(),
+        ServerConfig {
+            modules_file: Some(file.clone()),
+            ..ServerConfig::default()
+        },
+    );
+    assert_eq!(s.call("POST", "/api/modules/reload", None).0, 200);
+    let cases = [
+        (
+            json!({"name": "M", "program": "env", "env": {"A=B": "c"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "env", "env": {"": "c"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "env", "env": {"K\u{0}": "v"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "env", "env": {"K": "v\u{0}w"}}),
+            "modules.m.env",
+        ),
+        (
+            json!({"name": "M", "program": "ec\u{0}ho"}),
+            "modules.m.program",
+        ),
+        (
+            json!({"name": "M", "program": "echo", "args": ["a\u{0}"]}),
+            "modules.m.args[0]",
+        ),
+        (
+            json!({"name": "M", "program": "echo", "cwd": "a\u{0}"}),
+            "modules.m.cwd",
+        ),
+    ];
+    for (module, field) in cases {
+        write(module.clone());
+        let (code, body) = s.call("POST", "/api/modules/reload", None);
+        assert_eq!(code, 422, "{module}: {body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(field), "{module}: {detail}");
+    }
+    // The old catalogue stays: the module still runs plain echo.
+    let (code, run) = s.call("POST", "/api/modules/m/run", Some("{}"));
+    assert_eq!(code, 202, "{run}");
+}
+
+/// A name under `/page/` that is not one of the page's files answered 405 "GET is not
+/// allowed here; use GET". It is a path that does not exist: 404 `NOT_FOUND`.
+#[test]
+fn an_unknown_page_file_is_404_not_405() {
+    let s = start();
+    let (code, body) = s.call("GET", "/page/api.js", None);
+    assert_eq!(code, 200, "{body}");
+    for path in ["/page/app.js", "/page/..%2fCargo.toml", "/page/x%00"] {
+        assert_error(s.call("GET", path, None), 404, "NOT_FOUND");
+    }
+    // Another method on a page path is still 405.
+    assert_error(
+        s.call("POST", "/page/api.js", Some("{}")),
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
+}

@@ -7,6 +7,8 @@
 #[cfg(unix)]
 mod cli;
 #[cfg(unix)]
+mod client;
+#[cfg(unix)]
 mod containment;
 #[cfg(target_os = "linux")]
 mod crash_orphans;
@@ -28,10 +30,14 @@ mod proxy;
 #[cfg(unix)]
 mod reliability;
 #[cfg(unix)]
+mod screen;
+#[cfg(unix)]
 mod server;
 #[cfg(unix)]
 mod server_process;
 mod sse_client;
+#[cfg(unix)]
+mod terminal;
 mod util;
 #[cfg(windows)]
 mod windows;

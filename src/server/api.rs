@@ -126,9 +126,11 @@ fn route(state: &Arc<AppState>, request: &mut Request, cors: bool) -> Result<Rep
     use Method::{Delete, Get, Post};
     match (segments.as_slice(), &method) {
         ([], Get) | (["index.html"], Get) => Ok(page_file(page::index())),
+        // A name that is not one of the page's files is a path that does not exist (not
+        // a 405 telling to use GET, the method that was used).
         (["page", name], Get) => page::file(name)
             .map(page_file)
-            .ok_or_else(|| unknown_route(&segments, &method)),
+            .ok_or_else(|| ApiError::new(404, "NOT_FOUND", format!("no such page file: {name:?}"))),
         (["api", "health"], Get) => Ok(json_reply(200, &health(state))),
         (["api", "modules"], Get) => Ok(json_reply(200, &modules(state))),
         (["api", "modules", "reload"], Post) => reload_modules(state),

@@ -178,9 +178,10 @@ pub fn read_json_body(request: &mut Request, limit: usize) -> Result<Value, ApiE
             ErrorKind::WouldBlock | ErrorKind::TimedOut => {
                 ApiError::new(408, "REQUEST_TIMEOUT", "the request body stopped arriving")
             }
+            // Bad chunk framing and the like: not HTTP (422 is for a body that is read).
             _ => ApiError::new(
                 400,
-                "VALIDATION_ERROR",
+                "BAD_REQUEST",
                 format!("could not read the request body: {e}"),
             ),
         })?;

@@ -136,6 +136,31 @@ impl Catalogue {
             if module.program.trim().is_empty() {
                 return Err(format!("{}: must not be empty", at("program")));
             }
+            // What `POST /api/runs` refuses (a NUL cannot reach a child; a name with `=`
+            // sets another variable than the one written).
+            let nul = |field: String, text: &str| {
+                if text.contains('\0') {
+                    Err(format!("{field}: must not contain NUL"))
+                } else {
+                    Ok(())
+                }
+            };
+            nul(at("program"), &module.program)?;
+            for (i, arg) in module.args.iter().enumerate() {
+                nul(at(&format!("args[{i}]")), arg)?;
+            }
+            if let Some(cwd) = &module.cwd {
+                nul(at("cwd"), &cwd.to_string_lossy())?;
+            }
+            for (name, value) in &module.env {
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    return Err(format!(
+                        "{}: {name:?} is not a variable name (empty, or with '=' or NUL)",
+                        at("env")
+                    ));
+                }
+                nul(at(&format!("env.{name}")), value)?;
+            }
             for (i, arg) in module.args.iter().enumerate() {
                 for name in placeholders(arg) {
                     if !module.parameters.contains_key(name) {

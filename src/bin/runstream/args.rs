@@ -10,6 +10,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use runstream::EngineConfig;
 
+use crate::client;
 use crate::serve_args::ServeArgs;
 use crate::values::{parse_env, HumanDuration};
 
@@ -20,7 +21,8 @@ use crate::values::{parse_env, HumanDuration};
     name = "runstream",
     version,
     subcommand_required = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    after_help = CLIENT_NOTES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,7 +43,25 @@ or from the library named by RUNSTREAM_NVML_LIBRARY.\n\
 Exit status: 0; 1 when no GPU can be read (the reason on stderr)."
     )]
     Gpu,
+    /// List a server's runs (queued and running ones; --all for every run)
+    Ps(client::ps::PsArgs),
+    /// Start a module on a server and print its run id (--follow: stream its output)
+    Start(client::start::StartArgs),
+    /// Print a run's output (-f: follow it until the run ends)
+    Logs(client::logs::LogsArgs),
+    /// Cancel runs on a server (SIGTERM to each run's process group, SIGKILL after its grace)
+    Cancel(client::cancel::CancelArgs),
+    /// List a server's modules and their parameters
+    Modules(client::modules::ModulesArgs),
 }
+
+const CLIENT_NOTES: &str = "\
+ps, start, logs, cancel and modules talk to a running `runstream serve` (--url, --token, or
+RUNSTREAM_URL, RUNSTREAM_TOKEN). Their exit statuses: 0 done; 2 bad command line; 65 the
+server refused the request (bad parameter, run already finished); 66 no such run or
+module; 69 the server cannot be reached; 77 wrong or missing token; 70 anything else.
+`start --follow` exits with the run's status, as `run` does.
+";
 
 const RUN_NOTES: &str = "\
 The command's stdin is /dev/null: runs are not interactive.

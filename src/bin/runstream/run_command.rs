@@ -1,17 +1,17 @@
 //! `runstream run`: one command through the engine, in the foreground.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runstream::{
-    Engine, EngineConfig, From, Level, Next, RunSpec, RunState, RunStatus, SpawnErrorKind, Stream,
-};
+use runstream::{Engine, EngineConfig, From, Next, RunSpec, RunState, RunStatus, SpawnErrorKind};
 
 use crate::args::RunArgs;
+use crate::printer::{Printer, Style};
 use crate::stop_requests::{self, StopRequest};
+use crate::terminal_view;
 
 /// Runs the command; returns the process exit status to use.
 pub fn run(args: RunArgs) -> i32 {
@@ -103,6 +103,13 @@ pub fn run(args: RunArgs) -> i32 {
         Ok(requests) => {
             let run = run.clone();
             let stopped_with = Arc::clone(&stopped_with);
+            // On the live view, a message takes the bottom row (a progress bar's, which
+            // its next frame redraws below) instead of being written into it.
+            let row = if terminal_view::same_terminal() {
+                terminal_view::ERASE_ROW
+            } else {
+                ""
+            };
             std::thread::spawn(move || {
                 for request in requests {
                     let first = stopped_with
@@ -119,12 +126,12 @@ pub fn run(args: RunArgs) -> i32 {
                         run.cancel();
                         let _ = writeln!(
                             io::stderr(),
-                            "runstream: stopping ({}; press Ctrl-C again to kill)",
+                            "{row}runstream: stopping ({}; press Ctrl-C again to kill)",
                             stop_requests::GRACEFUL
                         );
                     } else {
                         run.kill();
-                        let _ = writeln!(io::stderr(), "runstream: killing the process group");
+                        let _ = writeln!(io::stderr(), "{row}runstream: killing the process group");
                     }
                 }
             });
@@ -145,7 +152,16 @@ pub fn run(args: RunArgs) -> i32 {
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => 141,
         // Like coreutils' "write error" (the printer said why).
         Some(_) => 1,
-        None => exit_code(&printed.status, stopped_with),
+        None => {
+            let status = &printed.status;
+            exit_code(
+                status.status,
+                status.exit_code,
+                status.signal,
+                status.spawn_error,
+                stopped_with,
+            )
+        }
     };
     drop(engine);
     drop(scratch);
@@ -245,16 +261,14 @@ struct Printed {
     stdout_error: Option<io::Error>,
 }
 
-/// Prints entries as they come: stdout entries to stdout, stderr entries to stderr, each
-/// with its own terminator (so `\r` progress bars redraw in place); the engine's warnings
-/// to stderr. With `json`, every entry is one JSON line on stdout. Writes are buffered per
-/// batch (flushed when the batch ends, and when output switches between stdout and stderr,
-/// so their order is kept). If a write to stdout fails, the run is stopped, as a pipeline
-/// stops on SIGPIPE: the output has nowhere to go. Any failure but the reader going away
-/// is said on stderr.
+/// Prints entries as they come (see [`Printer`]). If a write to stdout fails, the run is
+/// stopped, as a pipeline stops on SIGPIPE: the output has nowhere to go. Any failure but
+/// the reader going away is said on stderr.
 fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
-    let stdout = io::stdout();
-    let stderr = io::stderr();
+    let mut printer = Printer::new(Style {
+        json,
+        timestamps: false,
+    });
     let mut sub = run.subscribe(From::Start);
     let mut stdout_error = None;
     loop {
@@ -263,48 +277,7 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
                 if stdout_error.is_some() {
                     continue; // draining until the stopped run ends
                 }
-                let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
-                let mut err = BufWriter::with_capacity(16 * 1024, stderr.lock());
-                let mut last = Stream::Stdout;
-                let mut written = Ok(());
-                for e in entries.iter() {
-                    let target = if json { Stream::Stdout } else { e.stream };
-                    if target != last {
-                        // Keep stdout and stderr in the order they were written.
-                        let _ = if last == Stream::Stdout {
-                            out.flush()
-                        } else {
-                            err.flush()
-                        };
-                        last = target;
-                    }
-                    written = if json {
-                        out.write_all(e.json().as_bytes())
-                            .and_then(|()| out.write_all(b"\n"))
-                    } else {
-                        match e.stream {
-                            Stream::Stdout => out
-                                .write_all(e.message.as_bytes())
-                                .and_then(|()| out.write_all(e.end.terminator().as_bytes())),
-                            Stream::Stderr => {
-                                let _ = write!(err, "{}{}", e.message, e.end.terminator());
-                                Ok(())
-                            }
-                            Stream::System if e.level >= Level::Warning => {
-                                let _ = writeln!(err, "runstream: {}", e.message);
-                                Ok(())
-                            }
-                            Stream::System => Ok(()),
-                        }
-                    };
-                    if written.is_err() {
-                        break;
-                    }
-                }
-                let flushed = written.and_then(|()| out.flush());
-                let _ = err.flush();
-                if let Err(e) = flushed {
-                    drop((out, err));
+                if let Err(e) = printer.print(&entries) {
                     // A reader that went away is the normal end of `| head`: nothing to say.
                     if e.kind() != io::ErrorKind::BrokenPipe {
                         eprintln!("runstream: cannot write to stdout: {e}");
@@ -319,27 +292,35 @@ fn print_output(run: &runstream::RunHandle, json: bool) -> Printed {
             ),
             Next::Status(_) | Next::Gpu { .. } | Next::Timeout => {}
             Next::End(status) => {
+                printer.finish();
                 return Printed {
                     status,
                     stdout_error,
-                }
+                };
             }
         }
     }
 }
 
 /// The child's code; 128+N for signal N; 124 on timeout; `stopped_with` (130, or 129 for
-/// a hangup) when the user stopped it; 127/126 when it could not be started.
-fn exit_code(status: &RunStatus, stopped_with: i32) -> i32 {
-    match status.status {
+/// a hangup) when the user stopped it; 127/126 when it could not be started. Also the exit
+/// status of `runstream start --follow`.
+pub fn exit_code(
+    state: RunState,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    spawn_error: Option<SpawnErrorKind>,
+    stopped_with: i32,
+) -> i32 {
+    match state {
         RunState::TimedOut => 124,
         RunState::Cancelled if stopped_with != 0 => stopped_with,
-        _ => match (status.exit_code, status.signal) {
+        _ => match (exit_code, signal) {
             (Some(code), _) => code,
             (None, Some(signal)) => 128 + signal,
             // The engine's own entry already said why ("failed to start: …"); the kind
             // decides between 127 (not found) and 126 (found, could not start).
-            (None, None) => status.spawn_error.map_or(126, SpawnErrorKind::exit_status),
+            (None, None) => spawn_error.map_or(126, SpawnErrorKind::exit_status),
         },
     }
 }

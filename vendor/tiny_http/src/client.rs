@@ -64,6 +64,8 @@ enum ReadError {
     Idle,
     /// runstream patch: invalid or ambiguous body framing (400, then the connection closes)
     BadFraming(HTTPVersion, &'static str),
+    /// runstream patch: a version above HTTP/1.1 (505, then the connection closes)
+    UnsupportedVersion,
 }
 
 impl ClientConnection {
@@ -217,6 +219,14 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
+        // runstream patch: refused here, before the request takes the connection's next
+        // writer. Upstream refused it in `next`, writing the 505 into a second writer that
+        // waits for the request's own: nothing was ever sent, and the unread body was then
+        // parsed as the next request.
+        if version > HTTPVersion(1, 1) {
+            return Err(ReadError::UnsupportedVersion);
+        }
+
         // building the writer for the request
         let writer = self.sink.next().unwrap();
 
@@ -323,6 +333,17 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::Idle) => return None,
 
+                Err(ReadError::UnsupportedVersion) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = self
+                        .limits
+                        .error_response(505, "this server speaks only versions 1.0 and 1.1 of HTTP");
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None; // the body is unread: close
+                }
+
                 Err(ReadError::BadFraming(ver, reason)) => {
                     let writer = self.sink.next().unwrap();
                     let response = self.limits.error_response(400, reason);
@@ -350,18 +371,6 @@ impl Iterator for ClientConnection {
             };
 
             // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
-            }
-
             // updating the status of the connection
             let connection_header = rq
                 .headers()
