@@ -29,6 +29,13 @@ pub struct DirLock {
     path: PathBuf,
 }
 
+#[cfg(unix)]
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        crate::process::forget(std::os::fd::AsRawFd::as_raw_fd(&self._file));
+    }
+}
+
 /// Why a [`DirLock`] could not be taken.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -116,7 +123,11 @@ impl DirLock {
         };
         crate::logfile::create_private_dir(dir).map_err(io_error)?;
         match sys::open_locked(&path, exclusive) {
-            Ok(Some(file)) => Ok(DirLock { _file: file, path }),
+            Ok(Some(file)) => {
+                #[cfg(unix)]
+                crate::process::close_in_children(std::os::fd::AsRawFd::as_raw_fd(&file));
+                Ok(DirLock { _file: file, path })
+            }
             Ok(None) => Err(DirLockError::InUse {
                 dir: dir.to_path_buf(),
                 holders: holders(&path),

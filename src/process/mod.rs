@@ -20,6 +20,10 @@ pub(crate) use containment::{
 pub use reaper::reap_orphans;
 #[cfg(target_os = "linux")]
 pub(crate) use reaper::{leader_reaped, spawn_leader};
+#[cfg(unix)]
+mod parent_only_fds;
+#[cfg(unix)]
+pub(crate) use parent_only_fds::{close_before_exec, close_in_children, forget};
 mod pipe_holders;
 #[cfg(unix)]
 mod spawn_gate;

@@ -35,6 +35,8 @@ pub(crate) fn spawn_with(
         stderr,
     } = prepare(spec)?;
     command.process_group(0);
+    // First of the pre-exec hooks: a child held at a later one must not hold our locks.
+    super::close_before_exec(&mut command);
     super::restore_open_file_limit(&mut command);
     setup(&mut command);
     let child = match on_pid {
