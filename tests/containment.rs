@@ -253,6 +253,14 @@ fn issue10_a_stopped_process_gets_sigcont_after_sigterm_and_handles_it() {
         .unwrap();
     wait_for_entry(&run, |e| e.message == "ready");
     let pgid = run.status().pid.unwrap();
+    // Stop the group only once `sleep` runs: a fork of the shell that has not exec'd yet
+    // has the shell's TERM trap, takes the SIGTERM into it, then execs a `sleep` that
+    // never saw one and lives on to the end of the 60 s grace period.
+    let deadline = Instant::now() + PATIENCE;
+    while !group_runs(pgid, "sleep") {
+        assert!(Instant::now() < deadline, "the shell never started sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // SAFETY: killpg(2) on the group of the run this test started.
     assert_eq!(unsafe { libc::killpg(pgid as i32, libc::SIGSTOP) }, 0);
     let deadline = Instant::now() + PATIENCE;
@@ -273,6 +281,24 @@ fn issue10_a_stopped_process_gets_sigcont_after_sigterm_and_handles_it() {
     );
     assert_eq!(status.status, RunState::Cancelled);
     assert_eq!(status.exit_code, Some(0));
+}
+
+/// Whether a process of group `pgid` runs the program `name` (its exec'd command name).
+fn group_runs(pgid: u32, name: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid pgrp …`: the fields after the last ')'.
+            let pgrp = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
+            pgrp == Some(pgid)
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+        })
 }
 
 /// The state letter of `/proc/PID/stat` (`T` when stopped).
