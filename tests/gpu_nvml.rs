@@ -178,7 +178,19 @@ fn poll_or<T>(mut done: impl FnMut() -> Option<T>) -> Option<T> {
 }
 
 impl Drop for Server {
+    /// SIGTERM, so that the server stops its runs: after a SIGKILL their `sleep 300`s
+    /// would live on (a killed server's runs are stopped at its next start, which never
+    /// comes here). SIGKILL only if it is not gone within `PATIENCE`.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the server process this test started and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
