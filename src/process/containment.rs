@@ -108,6 +108,14 @@ impl EngineContainment {
 #[derive(Debug)]
 pub(crate) enum RunCgroup {}
 
+#[cfg(not(target_os = "linux"))]
+impl RunCgroup {
+    /// The cgroup's directory (there is none: no value of this type exists here).
+    pub fn dir(&self) -> &std::path::Path {
+        match *self {}
+    }
+}
+
 /// What the kernel counted for a run (cgroup kind only).
 #[cfg(not(target_os = "linux"))]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -7,9 +7,12 @@ use std::net::{SocketAddr, TcpListener};
 /// page opening hundreds of EventSource streams at once (a dashboard reload) overflowed
 /// it, and an overflowing connection waits for a SYN retransmit (1 s, 3 s, ...) or is
 /// dropped. Capped by `/proc/sys/net/core/somaxconn`, which the kernel applies anyway.
+/// Unix only: on Windows the socket keeps std's backlog.
+#[cfg(unix)]
 pub(crate) const LISTEN_BACKLOG: i32 = 1024;
 
-/// Binds `addr` for tiny_http, with a backlog of [`LISTEN_BACKLOG`] (at most `somaxconn`).
+/// Binds `addr` for tiny_http, on unix with a backlog of `LISTEN_BACKLOG` (at most
+/// `somaxconn`).
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
     #[cfg(unix)]
