@@ -283,21 +283,13 @@ fn issue10_a_stopped_process_gets_sigcont_after_sigterm_and_handles_it() {
     assert_eq!(status.exit_code, Some(0));
 }
 
-/// Whether a process of group `pgid` runs the program `name` (its exec'd command name).
+/// Whether a live process of group `pgid` runs the program `name` (its exec'd name).
 fn group_runs(pgid: u32, name: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    crate::util::live_group_members(pgid)
+        .into_iter()
         .any(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // `pid (comm) state ppid pgrp …`: the fields after the last ')'.
-            let pgrp = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
-            pgrp == Some(pgid)
-                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim_end() == name)
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
         })
 }
 

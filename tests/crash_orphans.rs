@@ -63,15 +63,19 @@ fn post_sleep(port: u16, tag: &str) -> TcpStream {
 /// Live processes whose environment has `ORPHAN_TEST=tag`.
 fn marked(tag: &str) -> Vec<u32> {
     let wanted = format!("ORPHAN_TEST={tag}").into_bytes();
+    live_processes_where("environ", |env| {
+        env.split(|&b| b == 0).any(|v| v == wanted.as_slice())
+    })
+}
+
+/// Live processes whose `/proc/PID/{file}` passes `test`.
+fn live_processes_where(file: &str, test: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| crate::util::is_alive(*pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == wanted.as_slice()))
-        })
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/{file}")).is_ok_and(|c| test(&c)))
         .collect()
 }
 
@@ -130,16 +134,7 @@ fn no_orphans_after_kill_9_right_after_posts(extra: &[&str]) {
 
 /// Live processes whose command line contains `text`.
 fn with_command_line(text: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| crate::util::is_alive(*pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
-        })
-        .collect()
+    live_processes_where("cmdline", |c| String::from_utf8_lossy(c).contains(text))
 }
 
 #[test]

@@ -8,7 +8,6 @@
 
 mod scripted;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,16 +72,7 @@ impl Server {
             .spawn()
             .unwrap();
         // The first line says where it listens; nothing else is printed on stdout.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = crate::util::listening_addr(child.stdout.take().unwrap());
         Server {
             child,
             addr,

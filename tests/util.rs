@@ -156,6 +156,21 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
     live
 }
 
+/// Reads a `runstream serve` child's first line, `listening on http://ADDR`; returns ADDR.
+#[cfg(unix)]
+pub fn listening_addr(stdout: std::process::ChildStdout) -> std::net::SocketAddr {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap()
+}
+
 /// Whether process `pid` is alive (not a zombie).
 #[cfg(unix)]
 pub fn is_alive(pid: u32) -> bool {
