@@ -922,8 +922,10 @@ fn past_the_log_limit_the_download_and_the_stream_say_what_was_not_kept() {
     assert_eq!(events.last().unwrap().event, "complete");
 }
 
-#[test]
-fn the_download_joins_the_pieces_of_a_line() {
+/// Runs `printf 'FIRST'`, a wait for a gate file, then `printf 'REST'` (printf escapes
+/// allowed) on a server that allows commands. Opens the gate once the quiet flush has
+/// handed out a stdout piece (end `none`) starting with `ab`, then waits for the end.
+fn run_paused_mid_line(first: &str, rest: &str) -> (TestServer, String) {
     let s = start_with(
         EngineConfig::default(),
         ServerConfig {
@@ -933,63 +935,13 @@ fn the_download_joins_the_pieces_of_a_line() {
     );
     let gate = s.dir.path().join("gate");
     let script = format!(
-        "printf ab; while [ ! -e {0} ]; do sleep 0.01; done; printf 'cd\\n'",
+        "printf '{first}'; while [ ! -e {0} ]; do sleep 0.01; done; printf '{rest}'",
         gate.display()
     );
     let body = json!({"argv": ["sh", "-c", script]}).to_string();
     let (status, run) = s.call("POST", "/api/runs", Some(&body));
     assert_eq!(status, 202, "{run}");
-    let id = run["run_id"].as_str().unwrap();
-    // "ab" goes out on its own (end none) while the child waits at the gate.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
-        if logs["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["message"] == "ab" && e["end"] == "none")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no partial line: {logs}");
-        thread::sleep(Duration::from_millis(10));
-    }
-    std::fs::write(&gate, "").unwrap();
-    s.wait_finished(id);
-    let text = ureq::get(&format!("{}/api/runs/{id}/logs/download", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    let stdout: Vec<&str> = text.lines().filter(|l| l.contains("[stdout]")).collect();
-    assert_eq!(stdout.len(), 1, "{text}");
-    assert!(stdout[0].ends_with("[stdout] abcd"), "{text}");
-}
-
-/// Issue 16.1: a child that pauses in the middle of a character. The quiet flush hands
-/// out `ab` and keeps the first two bytes of 😀 until the rest comes, so neither the
-/// entries nor the download have U+FFFD.
-#[test]
-fn a_pause_inside_a_character_tears_neither_the_entries_nor_the_download() {
-    let s = start_with(
-        EngineConfig::default(),
-        ServerConfig {
-            allow_commands: true,
-            ..ServerConfig::default()
-        },
-    );
-    let gate = s.dir.path().join("gate");
-    // \360\237 and \230\200 are the two halves of 😀 (F0 9F 98 80).
-    let script = format!(
-        "printf 'ab\\360\\237'; while [ ! -e {0} ]; do sleep 0.01; done; printf '\\230\\200cd\\n'",
-        gate.display()
-    );
-    let body = json!({"argv": ["sh", "-c", script]}).to_string();
-    let (status, run) = s.call("POST", "/api/runs", Some(&body));
-    assert_eq!(status, 202, "{run}");
-    let id = run["run_id"].as_str().unwrap();
-    // The quiet flush has happened once "ab" (or, before the fix, "ab\u{fffd}") is out.
+    let id = run["run_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
@@ -1005,7 +957,31 @@ fn a_pause_inside_a_character_tears_neither_the_entries_nor_the_download() {
         thread::sleep(Duration::from_millis(10));
     }
     std::fs::write(&gate, "").unwrap();
-    s.wait_finished(id);
+    s.wait_finished(&id);
+    (s, id)
+}
+
+#[test]
+fn the_download_joins_the_pieces_of_a_line() {
+    // "ab" goes out on its own (end none) while the child waits at the gate.
+    let (s, id) = run_paused_mid_line("ab", "cd\\n");
+    let text = ureq::get(&format!("{}/api/runs/{id}/logs/download", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let stdout: Vec<&str> = text.lines().filter(|l| l.contains("[stdout]")).collect();
+    assert_eq!(stdout.len(), 1, "{text}");
+    assert!(stdout[0].ends_with("[stdout] abcd"), "{text}");
+}
+
+/// Issue 16.1: a child that pauses in the middle of a character. The quiet flush hands
+/// out `ab` and keeps the first two bytes of 😀 until the rest comes, so neither the
+/// entries nor the download have U+FFFD.
+#[test]
+fn a_pause_inside_a_character_tears_neither_the_entries_nor_the_download() {
+    // \360\237 and \230\200 are the two halves of 😀 (F0 9F 98 80).
+    let (s, id) = run_paused_mid_line("ab\\360\\237", "\\230\\200cd\\n");
     let (_, logs) = s.call("GET", &format!("/api/runs/{id}/logs"), None);
     let stdout: Vec<(&str, &str)> = logs["logs"]
         .as_array()
